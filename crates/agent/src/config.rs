@@ -1,0 +1,339 @@
+//! The agent's configuration, read once at start through the `config` crate from the
+//! environment (hoop's variable names) and an optional TOML file (`DYNOAGENT_CONFIG`).
+//!
+//! Everything is validated here, before anything dials: a missing or malformed `HOOP_KEY`
+//! becomes a one-line [`ConfigError`] naming the variable. Error messages never contain the
+//! DSN or its secret.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gateway_link::{Dsn, LinkConfig, TlsOptions};
+use serde::Deserialize;
+
+/// Default cap on concurrent sessions.
+pub const DEFAULT_MAX_SESSIONS: usize = 256;
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogEncoding {
+    /// `key=value` lines (Heroku's log drains parse them). The default.
+    Logfmt,
+    /// One JSON object per line (`LOG_ENCODING=json`).
+    Json,
+    /// Human-oriented text (`LOG_ENCODING=human`, `console` or `verbose`).
+    Human,
+}
+
+/// Logging settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A tracing filter directive, e.g. `info` or `debug`.
+    pub level: String,
+    pub encoding: LogEncoding,
+}
+
+/// The agent's validated configuration.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub link: LinkConfig,
+    pub log: LogConfig,
+    /// Sessions served at once; one more is refused with 254.
+    pub max_sessions: usize,
+    /// SIGTERM-to-SIGKILL grace for a closed session's processes.
+    pub kill_grace: Duration,
+    /// Upper bound for a graceful shutdown (Heroku sends SIGKILL 30 s after SIGTERM).
+    pub shutdown_timeout: Duration,
+    /// Where `filesystem:` secrets are written (mode 0600, removed after each session).
+    pub env_file_dir: PathBuf,
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "HOOP_KEY is not set: give the agent's DSN (scheme://name:secret@host:port?mode=standard)"
+    )]
+    MissingKey,
+    #[error("{var} is malformed: the DSN {reason}")]
+    BadKey {
+        var: &'static str,
+        reason: gateway_link::DsnError,
+    },
+    #[error("{var} is invalid: {reason}")]
+    Invalid { var: &'static str, reason: String },
+    #[error("cannot read the configuration: {0}")]
+    Source(String),
+    #[error(transparent)]
+    Tls(#[from] gateway_link::TlsError),
+}
+
+/// Raw values as `config` delivers them: environment variable names, lower-cased.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Raw {
+    hoop_key: Option<String>,
+    hoop_dsn: Option<String>,
+    hoop_tlsca: Option<String>,
+    hoop_tlsservername: Option<String>,
+    hoop_tls_skip_verify: Option<String>,
+    log_level: Option<String>,
+    log_encoding: Option<String>,
+    dynoagent_max_sessions: Option<String>,
+    dynoagent_kill_grace_secs: Option<String>,
+    dynoagent_shutdown_timeout_secs: Option<String>,
+    dynoagent_env_dir: Option<String>,
+}
+
+fn parse_bool(var: &'static str, value: Option<&str>) -> Result<bool, ConfigError> {
+    match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("") | Some("false") | Some("0") | Some("no") => Ok(false),
+        Some("true") | Some("1") | Some("yes") => Ok(true),
+        Some(other) => Err(ConfigError::Invalid {
+            var,
+            reason: format!("{other:?} is not a boolean (use true or false)"),
+        }),
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(
+    var: &'static str,
+    value: Option<&str>,
+    default: T,
+) -> Result<T, ConfigError> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(default),
+        Some(v) => v.parse().map_err(|_| ConfigError::Invalid {
+            var,
+            reason: format!("{v:?} is not a number"),
+        }),
+    }
+}
+
+fn parse_log(raw: &Raw) -> Result<LogConfig, ConfigError> {
+    let level = match raw
+        .log_level
+        .as_deref()
+        .map(|l| l.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("") | Some("info") => "info",
+        Some("debug") => "debug",
+        Some("trace") => "trace",
+        Some("warn") | Some("warning") => "warn",
+        Some("error") => "error",
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                var: "LOG_LEVEL",
+                reason: format!("{other:?} is not one of debug, info, warn, error"),
+            });
+        }
+    };
+    let encoding = match raw
+        .log_encoding
+        .as_deref()
+        .map(|l| l.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("") | Some("logfmt") => LogEncoding::Logfmt,
+        Some("json") => LogEncoding::Json,
+        Some("human") | Some("console") | Some("verbose") => LogEncoding::Human,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                var: "LOG_ENCODING",
+                reason: format!("{other:?} is not one of logfmt, json, human"),
+            });
+        }
+    };
+    Ok(LogConfig {
+        level: level.to_owned(),
+        encoding,
+    })
+}
+
+impl AgentConfig {
+    /// Reads the configuration from this process's environment and, when `DYNOAGENT_CONFIG`
+    /// names one, a TOML file whose keys are the variable names in lower case.
+    pub fn from_process_env(version: &str) -> Result<AgentConfig, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        AgentConfig::from_sources(&env, version)
+    }
+
+    /// Reads the configuration from the given variables (a swappable source for tests).
+    pub fn from_sources(
+        env: &HashMap<String, String>,
+        version: &str,
+    ) -> Result<AgentConfig, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = env.get("DYNOAGENT_CONFIG").filter(|p| !p.is_empty()) {
+            builder = builder
+                .add_source(config::File::new(path, config::FileFormat::Toml).required(true));
+        }
+        let env_source = config::Environment::default().source(Some(
+            env.iter()
+                .filter(|(k, _)| {
+                    k.starts_with("HOOP_") || k.starts_with("LOG_") || k.starts_with("DYNOAGENT_")
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ));
+        let raw: Raw = builder
+            .add_source(env_source)
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|e| ConfigError::Source(e.to_string()))?;
+        AgentConfig::validate(raw, version)
+    }
+
+    fn validate(raw: Raw, version: &str) -> Result<AgentConfig, ConfigError> {
+        let (var, value) = match (raw.hoop_key.as_deref(), raw.hoop_dsn.as_deref()) {
+            (Some(k), _) if !k.trim().is_empty() => ("HOOP_KEY", k),
+            (_, Some(d)) if !d.trim().is_empty() => ("HOOP_DSN", d),
+            _ => return Err(ConfigError::MissingKey),
+        };
+        let dsn = Dsn::parse(value).map_err(|reason| ConfigError::BadKey { var, reason })?;
+        let tls = TlsOptions {
+            ca_pem: raw
+                .hoop_tlsca
+                .as_deref()
+                .filter(|v| !v.trim().is_empty())
+                .map(gateway_link::load_ca)
+                .transpose()?,
+            server_name: raw
+                .hoop_tlsservername
+                .clone()
+                .filter(|v| !v.trim().is_empty()),
+            skip_verify: parse_bool("HOOP_TLS_SKIP_VERIFY", raw.hoop_tls_skip_verify.as_deref())?,
+        };
+        let max_sessions = parse_num(
+            "DYNOAGENT_MAX_SESSIONS",
+            raw.dynoagent_max_sessions.as_deref(),
+            DEFAULT_MAX_SESSIONS,
+        )?;
+        if max_sessions == 0 {
+            return Err(ConfigError::Invalid {
+                var: "DYNOAGENT_MAX_SESSIONS",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let kill_grace = Duration::from_secs(parse_num(
+            "DYNOAGENT_KILL_GRACE_SECS",
+            raw.dynoagent_kill_grace_secs.as_deref(),
+            5,
+        )?);
+        let shutdown_timeout = Duration::from_secs(parse_num(
+            "DYNOAGENT_SHUTDOWN_TIMEOUT_SECS",
+            raw.dynoagent_shutdown_timeout_secs.as_deref(),
+            25,
+        )?);
+        let log = parse_log(&raw)?;
+        let env_file_dir = raw
+            .dynoagent_env_dir
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("dynoagent-{}", std::process::id()))
+            });
+        Ok(AgentConfig {
+            link: LinkConfig::new(dsn, tls, version),
+            log,
+            max_sessions,
+            kill_grace,
+            shutdown_timeout,
+            env_file_dir,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn reads_hoop_variables() {
+        let c = AgentConfig::from_sources(
+            &env(&[
+                ("HOOP_KEY", "grpc://a1:sekrit@127.0.0.1:8010?mode=standard"),
+                ("LOG_LEVEL", "debug"),
+                ("LOG_ENCODING", "json"),
+                ("DYNOAGENT_MAX_SESSIONS", "3"),
+                ("UNRELATED", "x"),
+            ]),
+            "0.1.0",
+        )
+        .unwrap();
+        assert_eq!(c.link.dsn.agent_name(), "a1");
+        assert_eq!(
+            c.log,
+            LogConfig {
+                level: "debug".into(),
+                encoding: LogEncoding::Json
+            }
+        );
+        assert_eq!(c.max_sessions, 3);
+        assert!(
+            !format!("{c:?}").contains("sekrit"),
+            "Debug must not print the secret"
+        );
+    }
+
+    #[test]
+    fn hoop_dsn_is_an_alias() {
+        let c =
+            AgentConfig::from_sources(&env(&[("HOOP_DSN", "grpcs://a2:s@gw:8443")]), "0").unwrap();
+        assert!(c.link.dsn.tls());
+    }
+
+    #[test]
+    fn missing_or_malformed_keys_name_the_variable() {
+        let e = AgentConfig::from_sources(&env(&[]), "0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("HOOP_KEY is not set"), "{e}");
+        let e = AgentConfig::from_sources(&env(&[("HOOP_KEY", "grpc://name@h:1")]), "0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("HOOP_KEY is malformed"), "{e}");
+        let e = AgentConfig::from_sources(
+            &env(&[
+                ("HOOP_KEY", "grpc://n:hunter2@h:1"),
+                ("HOOP_TLS_SKIP_VERIFY", "maybe"),
+            ]),
+            "0",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("HOOP_TLS_SKIP_VERIFY") && !e.contains("hunter2"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn reads_an_optional_toml_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "hoop_key = \"grpc://f:s@127.0.0.1:9\"\ndynoagent_max_sessions = \"7\"\n",
+        )
+        .unwrap();
+        let c =
+            AgentConfig::from_sources(&env(&[("DYNOAGENT_CONFIG", path.to_str().unwrap())]), "0")
+                .unwrap();
+        assert_eq!(c.link.dsn.agent_name(), "f");
+        assert_eq!(c.max_sessions, 7);
+    }
+}

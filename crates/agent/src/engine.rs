@@ -1,0 +1,262 @@
+//! The session engine: one receive loop per gateway stream, routing typed packets to session
+//! tasks in arrival order, enforcing the concurrency limit, and ending sessions on
+//! `AgentSessionClose`, stream loss and shutdown.
+//!
+//! The receive loop never runs session setup or process I/O itself (hoophq/hoop#1564): each
+//! session is a task that owns its state; the loop only holds a small typed map of handles.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gateway_link::{Connection, Inbound, Outbound};
+use hoop_wire::{AgentPacket, ClientPacket, DecodeError, SessionId};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use crate::router::Router;
+use crate::session::{self, EndReason, SessionEvent, SessionHandle, SessionStart};
+
+/// Packets queued for one session. Overflow policy: the receive loop waits up to
+/// [`INPUT_STALL`] (backpressure on the shared stream), then ends that session with 254 so
+/// that one stuck process cannot stall every other session.
+pub const SESSION_QUEUE: usize = 64;
+/// How long the receive loop waits for a session whose input queue is full.
+const INPUT_STALL: Duration = Duration::from_secs(2);
+/// How long a closing stream waits for the gateway to acknowledge the half-close.
+const STREAM_CLOSE_WAIT: Duration = Duration::from_secs(3);
+
+/// State shared by every stream's engine for the life of the agent.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) router: Router,
+    pub(crate) env_file_dir: PathBuf,
+    pub(crate) limit: Arc<Semaphore>,
+    pub(crate) max_sessions: usize,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) live: watch::Sender<usize>,
+    pub(crate) shutdown: CancellationToken,
+    /// Time allowed for live sessions to close during shutdown.
+    pub(crate) drain_timeout: Duration,
+}
+
+struct Registry {
+    sessions: HashMap<SessionId, (u64, SessionHandle)>,
+    next_generation: u64,
+    done_tx: mpsc::UnboundedSender<(SessionId, u64)>,
+}
+
+/// Serves one gateway stream until it ends or the agent shuts down.
+pub(crate) async fn serve(shared: Arc<Shared>, mut conn: Connection) {
+    let out = conn.outbound();
+    // Unbounded by type, bounded in practice: each session sends exactly one message here, and
+    // sessions are capped by the semaphore.
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let mut reg = Registry {
+        sessions: HashMap::new(),
+        next_generation: 0,
+        done_tx,
+    };
+    loop {
+        tokio::select! {
+            biased;
+            () = shared.shutdown.cancelled() => {
+                drain(&shared, &mut reg, &mut done_rx).await;
+                conn.close(STREAM_CLOSE_WAIT).await;
+                return;
+            }
+            Some((sid, generation)) = done_rx.recv() => reg.remove(&sid, generation),
+            event = conn.recv() => match event {
+                Inbound::Packet(packet) => dispatch(&shared, &mut reg, &out, packet).await,
+                Inbound::Malformed(e) => malformed(&reg, &out, e).await,
+                Inbound::Closed(result) => {
+                    match result {
+                        Ok(()) => tracing::warn!(sessions = reg.sessions.len(), "the gateway ended the stream"),
+                        Err(status) => tracing::warn!(
+                            sessions = reg.sessions.len(),
+                            code = ?status.code(),
+                            message = status.message(),
+                            "the gateway stream failed"
+                        ),
+                    }
+                    // The gateway has already closed these sessions ("agent has disconnected").
+                    for (_, handle) in reg.sessions.values() {
+                        handle.end(EndReason::StreamLost);
+                    }
+                    return;
+                }
+            },
+        }
+    }
+}
+
+impl Registry {
+    fn remove(&mut self, sid: &SessionId, generation: u64) {
+        if self
+            .sessions
+            .get(sid)
+            .is_some_and(|(g, _)| *g == generation)
+        {
+            self.sessions.remove(sid);
+        }
+    }
+}
+
+async fn drain(
+    shared: &Shared,
+    reg: &mut Registry,
+    done_rx: &mut mpsc::UnboundedReceiver<(SessionId, u64)>,
+) {
+    tracing::info!(
+        sessions = reg.sessions.len(),
+        "shutting down: closing live sessions"
+    );
+    for (_, handle) in reg.sessions.values() {
+        handle.end(EndReason::Shutdown);
+    }
+    let wait = async {
+        while !reg.sessions.is_empty() {
+            match done_rx.recv().await {
+                Some((sid, generation)) => reg.remove(&sid, generation),
+                None => return,
+            }
+        }
+    };
+    if tokio::time::timeout(shared.drain_timeout, wait)
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            sessions = reg.sessions.len(),
+            "sessions did not close within the shutdown timeout"
+        );
+    }
+}
+
+async fn refuse(out: &Outbound, session_id: SessionId, message: String) {
+    let _ = out
+        .send(ClientPacket::SessionClose {
+            session_id,
+            exit_code: Some(backend::INTERNAL_EXIT_CODE),
+            message: Bytes::from(message),
+        })
+        .await;
+}
+
+async fn malformed(reg: &Registry, out: &Outbound, e: DecodeError) {
+    match &e.session_id {
+        Some(sid) if e.is_session_open() && !reg.sessions.contains_key(sid) => {
+            tracing::warn!(session_id = %sid, error = %e, "refusing a session that could not be decoded");
+            refuse(out, sid.clone(), e.kind.to_string()).await;
+        }
+        Some(sid) if matches!(e.kind, hoop_wire::DecodeErrorKind::Oversized(_)) => {
+            if let Some((_, handle)) = reg.sessions.get(sid) {
+                tracing::warn!(session_id = %sid, error = %e, "closing a session that sent an oversized packet");
+                handle.end(EndReason::OversizedInput);
+            }
+        }
+        _ => tracing::warn!(session_id = ?e.session_id, error = %e, "dropping a malformed packet"),
+    }
+}
+
+async fn dispatch(shared: &Arc<Shared>, reg: &mut Registry, out: &Outbound, packet: AgentPacket) {
+    match packet {
+        AgentPacket::GatewayConnectOk => tracing::info!("the gateway registered the agent"),
+        AgentPacket::FeatureFlags(flags) => tracing::info!(?flags, "feature flags updated"),
+        AgentPacket::KeepAlive => {}
+        AgentPacket::SessionOpen(open) => {
+            let sid = open.session_id.clone();
+            if reg.sessions.contains_key(&sid) {
+                tracing::warn!(session_id = %sid, "ignoring a second open for a live session");
+                return;
+            }
+            if shared.shutdown.is_cancelled() {
+                refuse(out, sid, "agent shutting down".into()).await;
+                return;
+            }
+            let Ok(permit) = Arc::clone(&shared.limit).try_acquire_owned() else {
+                tracing::warn!(session_id = %sid, limit = shared.max_sessions, "refusing a session over the concurrency limit");
+                refuse(
+                    out,
+                    sid,
+                    format!(
+                        "the agent is already serving its limit of {} concurrent sessions; try again later or raise DYNOAGENT_MAX_SESSIONS",
+                        shared.max_sessions
+                    ),
+                )
+                .await;
+                return;
+            };
+            let (handle, events) = session::new_session(sid.clone(), out.clone(), SESSION_QUEUE);
+            let generation = reg.next_generation;
+            reg.next_generation += 1;
+            reg.sessions
+                .insert(sid.clone(), (generation, handle.clone()));
+            let done_tx = reg.done_tx.clone();
+            let start = SessionStart {
+                open: *open,
+                events,
+                handle,
+                shared: Arc::clone(shared),
+            };
+            let span = tracing::info_span!("session", session_id = %sid);
+            let live = shared.live.clone();
+            live.send_modify(|n| *n += 1);
+            shared.tracker.spawn(
+                async move {
+                    session::run(start).await;
+                    drop(permit);
+                    live.send_modify(|n| *n = n.saturating_sub(1));
+                    let _ = done_tx.send((sid, generation));
+                }
+                .instrument(span),
+            );
+        }
+        AgentPacket::ExecWriteStdin { session_id, data } => {
+            route(reg, session_id, SessionEvent::ExecStdin(data)).await;
+        }
+        AgentPacket::TerminalWriteStdin { session_id, data } => {
+            route(reg, session_id, SessionEvent::TerminalStdin(data)).await;
+        }
+        AgentPacket::TerminalResize { session_id, size } => {
+            route(reg, session_id, SessionEvent::Resize(size)).await;
+        }
+        AgentPacket::SessionClose { session_id } => match reg.sessions.get(&session_id) {
+            Some((_, handle)) => {
+                tracing::debug!(session_id = %session_id, "the gateway closed the session");
+                handle.end(EndReason::GatewayClosed);
+            }
+            None => tracing::debug!(session_id = %session_id, "close for an unknown session"),
+        },
+        AgentPacket::Unsupported {
+            packet_type,
+            session_id,
+        } => {
+            tracing::debug!(packet_type, session_id = ?session_id, "ignoring a packet type this agent does not serve");
+        }
+    }
+}
+
+async fn route(reg: &Registry, sid: SessionId, event: SessionEvent) {
+    let Some((_, handle)) = reg.sessions.get(&sid) else {
+        tracing::debug!(session_id = %sid, "dropping a packet for an unknown session");
+        return;
+    };
+    match handle.events.try_send(event) {
+        Ok(()) | Err(TrySendError::Closed(_)) => {}
+        Err(TrySendError::Full(event)) => {
+            if tokio::time::timeout(INPUT_STALL, handle.events.send(event))
+                .await
+                .is_err()
+            {
+                tracing::warn!(session_id = %sid, "session input queue overflowed; closing the session");
+                handle.end(EndReason::InputOverflow);
+            }
+        }
+    }
+}

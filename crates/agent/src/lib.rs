@@ -1,0 +1,80 @@
+//! dynoagent's application: a hoop-compatible agent that serves command-line sessions.
+//!
+//! [`Agent`] ties the pieces together: the gateway link (reconnecting), one session engine per
+//! stream, the backend router, and two-phase shutdown (a cancellation token says "begin", a
+//! task tracker says "done"). The binary only loads config, installs logging and waits for a
+//! signal.
+
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod config;
+mod engine;
+pub mod logging;
+mod router;
+mod session;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{AgentConfig, ConfigError, LogConfig, LogEncoding};
+pub use router::Router;
+
+/// The agent's version, sent to the gateway as `version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A running agent.
+#[derive(Debug)]
+pub struct Agent {
+    config: AgentConfig,
+    shared: Arc<engine::Shared>,
+}
+
+impl Agent {
+    /// Builds an agent. Nothing dials until [`Agent::run`]. `shutdown` begins the drain.
+    pub fn new(config: AgentConfig, router: Router, shutdown: CancellationToken) -> Agent {
+        let (live, _) = watch::channel(0);
+        // Leave time inside the shutdown budget for the final stream close.
+        let drain_timeout = config
+            .shutdown_timeout
+            .saturating_sub(Duration::from_secs(4));
+        let shared = Arc::new(engine::Shared {
+            router,
+            env_file_dir: config.env_file_dir.clone(),
+            limit: Arc::new(Semaphore::new(config.max_sessions)),
+            max_sessions: config.max_sessions,
+            tracker: TaskTracker::new(),
+            live,
+            shutdown,
+            drain_timeout,
+        });
+        Agent { config, shared }
+    }
+
+    /// The number of live sessions, as it changes.
+    pub fn live_sessions(&self) -> watch::Receiver<usize> {
+        self.shared.live.subscribe()
+    }
+
+    /// Serves sessions until shutdown, then waits (bounded) for every session task to end.
+    pub async fn run(self) {
+        let shared = Arc::clone(&self.shared);
+        let link = self.config.link.clone();
+        gateway_link::run(link, shared.shutdown.clone(), |conn| {
+            engine::serve(Arc::clone(&shared), conn)
+        })
+        .await;
+        shared.tracker.close();
+        if tokio::time::timeout(shared.drain_timeout, shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!("some sessions were still ending at the shutdown deadline");
+        }
+        let _ = std::fs::remove_dir(&self.config.env_file_dir);
+    }
+}

@@ -1,0 +1,47 @@
+//! Log setup: one line per event on stdout, in logfmt (default), JSON or human text.
+//!
+//! Logging rule: fields first (`session_id`, `error = %e`), a short lower-case message.
+//! ERROR means an operator must act; WARN means the agent recovered. Secrets are never fields.
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+use crate::config::{LogConfig, LogEncoding};
+
+/// Installs the global subscriber. Returns an error if one is already installed.
+pub fn init(config: &LogConfig) -> Result<(), tracing_subscriber::util::TryInitError> {
+    // Our crates log at the configured level; dependencies (h2, hyper, rustls) only warn.
+    let filter = EnvFilter::new(format!("warn,{lvl}", lvl = targets(&config.level)));
+    let registry = tracing_subscriber::registry().with(filter);
+    match config.encoding {
+        LogEncoding::Logfmt => registry.with(tracing_logfmt::layer()).try_init(),
+        LogEncoding::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_writer(std::io::stdout),
+            )
+            .try_init(),
+        LogEncoding::Human => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stdout))
+            .try_init(),
+    }
+}
+
+fn targets(level: &str) -> String {
+    [
+        "dynoagent",
+        "agent",
+        "gateway_link",
+        "backend",
+        "backend_local",
+        "hoop_wire",
+    ]
+    .iter()
+    .map(|t| format!("{t}={level}"))
+    .collect::<Vec<_>>()
+    .join(",")
+}

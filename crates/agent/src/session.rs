@@ -1,0 +1,355 @@
+//! One session, owned by one task: environment, backend start, input forwarding, and exactly
+//! one `ClientSessionClose`.
+//!
+//! The task is the only writer of its session's packets. Output goes through
+//! [`SessionOutput`], a gate that the engine shuts when the gateway closes the session or the
+//! stream is lost, after which nothing more is sent for the session.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use backend::env::{EnvSources, resolve};
+use backend::{
+    ExitStatus, Input, Mode, OutputSink, OutputTarget, SessionIo, SessionRequest, SinkClosed,
+    StreamKind, TermSize,
+};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use gateway_link::Outbound;
+use hoop_wire::{ClientPacket, SessionId, SessionOpen};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::Shared;
+
+/// Input events queued for one session's backend. Overflow policy: the session task waits
+/// (it is the backend's own pace), which in turn fills [`crate::engine::SESSION_QUEUE`].
+const BACKEND_INPUT_QUEUE: usize = 16;
+
+/// An event routed to a session by the engine, in arrival order.
+#[derive(Debug)]
+pub(crate) enum SessionEvent {
+    ExecStdin(Bytes),
+    TerminalStdin(Bytes),
+    Resize(TermSize),
+}
+
+/// Why a session is being ended from outside its task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EndReason {
+    /// The gateway sent `AgentSessionClose`: send nothing more.
+    GatewayClosed,
+    /// The gateway stream was lost: nothing can be sent.
+    StreamLost,
+    /// The agent is shutting down: close with 254 and say so.
+    Shutdown,
+    /// The session did not read its input fast enough: close with 254 and say so.
+    InputOverflow,
+    /// The client sent input larger than hoop's message limit: close with 254 and say so.
+    OversizedInput,
+}
+
+/// The engine's handle to a running session.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionHandle {
+    pub(crate) events: mpsc::Sender<SessionEvent>,
+    control: Arc<Control>,
+}
+
+#[derive(Debug)]
+struct Control {
+    cancel: CancellationToken,
+    reason: Mutex<Option<EndReason>>,
+    output: Arc<SessionOutput>,
+}
+
+impl SessionHandle {
+    /// Ends the session for `reason`. The first reason wins.
+    pub(crate) fn end(&self, reason: EndReason) {
+        if let Ok(mut slot) = self.control.reason.lock() {
+            slot.get_or_insert(reason);
+        }
+        if matches!(reason, EndReason::GatewayClosed | EndReason::StreamLost) {
+            self.control.output.silence();
+        }
+        self.control.cancel.cancel();
+    }
+}
+
+/// The gate between a session and the gateway stream.
+#[derive(Debug)]
+pub(crate) struct SessionOutput {
+    session_id: SessionId,
+    out: Outbound,
+    // Held across each send so that output and the final close are strictly ordered.
+    lock: tokio::sync::Mutex<()>,
+    closed: AtomicBool,
+}
+
+impl SessionOutput {
+    fn silence(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    async fn send(&self, packet: ClientPacket) -> Result<(), SinkClosed> {
+        let _guard = self.lock.lock().await;
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(SinkClosed);
+        }
+        self.out.send(packet).await.map_err(|_| SinkClosed)
+    }
+
+    /// Sends the session's one close, unless the session was already silenced or closed.
+    async fn close(&self, status: &ExitStatus) {
+        let _guard = self.lock.lock().await;
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let _ = self
+            .out
+            .send(ClientPacket::SessionClose {
+                session_id: self.session_id.clone(),
+                exit_code: Some(status.code),
+                message: Bytes::from(status.message.clone()),
+            })
+            .await;
+    }
+}
+
+impl OutputTarget for SessionOutput {
+    fn write(&self, stream: StreamKind, chunk: Bytes) -> BoxFuture<'_, Result<(), SinkClosed>> {
+        let session_id = self.session_id.clone();
+        Box::pin(async move {
+            let packet = match stream {
+                StreamKind::Stdout => ClientPacket::Stdout {
+                    session_id,
+                    data: chunk,
+                },
+                StreamKind::Stderr => ClientPacket::Stderr {
+                    session_id,
+                    data: chunk,
+                },
+            };
+            self.send(packet).await
+        })
+    }
+}
+
+/// Everything a session task starts with.
+pub(crate) struct SessionStart {
+    pub(crate) open: SessionOpen,
+    pub(crate) events: mpsc::Receiver<SessionEvent>,
+    pub(crate) handle: SessionHandle,
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// Creates the handle and the receiving end for a new session.
+pub(crate) fn new_session(
+    session_id: SessionId,
+    out: Outbound,
+    queue: usize,
+) -> (SessionHandle, mpsc::Receiver<SessionEvent>) {
+    let (tx, rx) = mpsc::channel(queue);
+    let output = Arc::new(SessionOutput {
+        session_id,
+        out,
+        lock: tokio::sync::Mutex::new(()),
+        closed: AtomicBool::new(false),
+    });
+    let handle = SessionHandle {
+        events: tx,
+        control: Arc::new(Control {
+            cancel: CancellationToken::new(),
+            reason: Mutex::new(None),
+            output,
+        }),
+    };
+    (handle, rx)
+}
+
+/// Session variables hoop's agent injects (hoop-gateway-protocol.md §2.6).
+fn session_vars(open: &SessionOpen) -> Vec<(&'static str, String)> {
+    let p = &open.params;
+    vec![
+        ("HOOP_CONNECTION_NAME", p.connection_name.clone()),
+        ("HOOP_CONNECTION_TYPE", open.connection_type.clone()),
+        ("HOOP_CLIENT_ORIGIN", p.client_origin.clone()),
+        ("HOOP_CLIENT_VERB", p.client_verb.clone()),
+        ("HOOP_USER_ID", p.user_id.clone()),
+        ("HOOP_USER_EMAIL", p.user_email.clone()),
+        ("HOOP_SESSION_ID", open.session_id.to_string()),
+    ]
+}
+
+/// Runs a session to its end. Never panics; every path ends with at most one close.
+pub(crate) async fn run(start: SessionStart) {
+    let SessionStart {
+        open,
+        mut events,
+        handle,
+        shared,
+    } = start;
+    let started = Instant::now();
+    let control = Arc::clone(&handle.control);
+    let output = Arc::clone(&control.output);
+    let sid = open.session_id.clone();
+    let backend = shared.router.route(&open.params.cmd_list);
+    let session_vars = session_vars(&open);
+    let sources = EnvSources {
+        connection: &open.params.env_vars,
+        client: &open.client_env,
+        session: &session_vars,
+        file_dir: &shared.env_file_dir,
+    };
+    let env = match resolve(&sources, &|name| std::env::var_os(name)) {
+        Ok(env) => env,
+        Err(e) => {
+            let status =
+                ExitStatus::internal(format!("failed decoding environment variables, reason={e}"));
+            finish(&output, &control, &status).await;
+            return;
+        }
+    };
+    let mut command_line = open.params.cmd_list.clone();
+    command_line.extend(open.params.client_args.iter().cloned());
+    let opened = output
+        .send(ClientPacket::SessionOpenOk {
+            session_id: sid.clone(),
+            connection_type: open.connection_type.clone(),
+            request_port: open.request_port.clone(),
+            command: command_line.join(" "),
+        })
+        .await;
+    if opened.is_err() {
+        return;
+    }
+
+    // Wait for the first input, which says how the client is attached. A resize may come
+    // first (hoop's CLI sends both concurrently); keep the latest one for the terminal.
+    let mut pending_size: Option<TermSize> = None;
+    let (mode, first_input) = loop {
+        let event = tokio::select! {
+            () = control.cancel.cancelled() => {
+                let status = end_status(&control, None);
+                finish(&output, &control, &status).await;
+                return;
+            }
+            event = events.recv() => event,
+        };
+        match event {
+            Some(SessionEvent::Resize(size)) => pending_size = Some(size),
+            Some(SessionEvent::ExecStdin(data)) => break (Mode::Exec, Some(data)),
+            Some(SessionEvent::TerminalStdin(_discarded)) => {
+                break (
+                    Mode::Terminal {
+                        size: pending_size.unwrap_or(TermSize::DEFAULT),
+                    },
+                    None,
+                );
+            }
+            None => return,
+        }
+    };
+
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let bytes_out = Arc::new(AtomicU64::new(0));
+    let target: Arc<dyn OutputTarget> = output.clone();
+    let (input_tx, input_rx) = mpsc::channel(BACKEND_INPUT_QUEUE);
+    let io = SessionIo {
+        input: input_rx,
+        stdout: OutputSink::new(
+            Arc::clone(&target),
+            StreamKind::Stdout,
+            Arc::clone(&bytes_out),
+        ),
+        stderr: OutputSink::new(target, StreamKind::Stderr, Arc::clone(&bytes_out)),
+        cancel: control.cancel.clone(),
+    };
+    let request = SessionRequest {
+        session_id: sid.clone(),
+        connection_name: open.params.connection_name.clone(),
+        user: open.params.user_email.clone(),
+        command: open.params.cmd_list.clone(),
+        args: open.params.client_args.clone(),
+        env,
+        mode,
+    };
+    let mut backlog: std::collections::VecDeque<Input> = std::collections::VecDeque::new();
+    if let Some(data) = first_input {
+        bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if !data.is_empty() {
+            backlog.push_back(Input::Data(data));
+        }
+        backlog.push_back(Input::Eof);
+    }
+    let run = backend.run(request, io);
+    tokio::pin!(run);
+    let mut events_open = true;
+    let status = loop {
+        tokio::select! {
+            status = &mut run => break status,
+            permit = input_tx.reserve(), if !backlog.is_empty() => {
+                if let (Ok(permit), Some(input)) = (permit, backlog.pop_front()) {
+                    permit.send(input);
+                }
+            }
+            event = events.recv(), if events_open && backlog.is_empty() => match event {
+                Some(SessionEvent::TerminalStdin(data)) if matches!(mode, Mode::Terminal { .. }) => {
+                    bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    backlog.push_back(Input::Data(data));
+                }
+                Some(SessionEvent::Resize(size)) if matches!(mode, Mode::Terminal { .. }) => {
+                    backlog.push_back(Input::Resize(size));
+                }
+                Some(other) => tracing::debug!(session_id = %sid, event = ?kind(&other), "ignoring input that does not match the session's mode"),
+                None => events_open = false,
+            },
+        }
+    };
+    let status = end_status(&control, Some(status));
+    finish(&output, &control, &status).await;
+    tracing::info!(
+        session_id = %sid,
+        user = %open.params.user_email,
+        connection = %open.params.connection_name,
+        backend = backend.name(),
+        verb = %open.params.client_verb,
+        exit_code = status.code,
+        bytes_in = bytes_in.load(Ordering::Relaxed),
+        bytes_out = bytes_out.load(Ordering::Relaxed),
+        duration_ms = started.elapsed().as_millis() as u64,
+        "session ended"
+    );
+}
+
+fn kind(event: &SessionEvent) -> &'static str {
+    match event {
+        SessionEvent::ExecStdin(_) => "exec-stdin",
+        SessionEvent::TerminalStdin(_) => "terminal-stdin",
+        SessionEvent::Resize(_) => "resize",
+    }
+}
+
+/// The status to report: an outside reason overrides what the backend said.
+fn end_status(control: &Control, backend_status: Option<ExitStatus>) -> ExitStatus {
+    let reason = control.reason.lock().ok().and_then(|r| *r);
+    match (reason, backend_status) {
+        (Some(EndReason::Shutdown), _) => ExitStatus::internal("agent shutting down"),
+        (Some(EndReason::InputOverflow), _) => ExitStatus::internal(
+            "session closed by the agent: the process stopped reading its input and the input queue overflowed",
+        ),
+        (Some(EndReason::OversizedInput), _) => ExitStatus::internal(
+            "session closed by the agent: an input packet was larger than hoop's 17 MiB message limit",
+        ),
+        (_, Some(status)) => status,
+        (_, None) => ExitStatus::internal("session closed"),
+    }
+}
+
+async fn finish(output: &SessionOutput, control: &Control, status: &ExitStatus) {
+    output.close(status).await;
+    // The backend is done; make sure nothing of the session keeps running.
+    control.cancel.cancel();
+}

@@ -1,0 +1,372 @@
+//! The local backend: a session is a process on the agent's own host, as hoop's agent runs
+//! command-line connections.
+//!
+//! argv is `CmdList ++ ClientArgs`, executed directly without a shell (`$VAR` references to session
+//! variables in the connection's command are expanded, as hoop does). The process gets only
+//! the session env plus `HOME` and `PATH` from the agent: the agent's own secrets (`HOOP_KEY`,
+//! `HEROKU_API_KEY`, ...) are never inherited. Each session runs in its own process group
+//! (exec) or session (terminal), and every exit path kills what is left of that group.
+//!
+//! Exit codes: the child's own; 127 when the program is not found; 1 for any other start
+//! failure; `128 + n` when killed by signal `n` (the message names the signal).
+
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::ffi::OsString;
+use std::process::Stdio;
+use std::time::Duration;
+
+use backend::{Backend, ExitStatus, Input, Mode, OutputSink, SessionIo, SessionRequest, TermSize};
+use bytes::BytesMut;
+use futures::future::BoxFuture;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::process::Child;
+
+/// How long output may keep flowing after the main process exits before the rest of its
+/// process group is killed (a background job holding the pipe open must not hang a session).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// Settings for [`LocalBackend`].
+#[derive(Clone, Debug)]
+pub struct LocalConfig {
+    /// Time between SIGTERM and SIGKILL when a session is closed.
+    pub kill_grace: Duration,
+    /// `HOME` for sessions whose env does not set one.
+    pub home: Option<OsString>,
+    /// `PATH` for sessions whose env does not set one.
+    pub path: Option<OsString>,
+}
+
+impl LocalConfig {
+    /// Defaults: 5 s grace, `HOME` and `PATH` from the agent's environment.
+    pub fn from_agent_env() -> LocalConfig {
+        LocalConfig {
+            kill_grace: Duration::from_secs(5),
+            home: std::env::var_os("HOME"),
+            path: std::env::var_os("PATH"),
+        }
+    }
+}
+
+/// Runs sessions as local processes.
+#[derive(Debug, Clone)]
+pub struct LocalBackend {
+    config: LocalConfig,
+}
+
+impl LocalBackend {
+    /// A backend with the given settings.
+    pub fn new(config: LocalConfig) -> LocalBackend {
+        LocalBackend { config }
+    }
+}
+
+impl Backend for LocalBackend {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn run(&self, request: SessionRequest, io: SessionIo) -> BoxFuture<'static, ExitStatus> {
+        let config = self.config.clone();
+        Box::pin(async move {
+            let argv = match build_argv(&request) {
+                Ok(argv) => argv,
+                Err(status) => return status,
+            };
+            let env = build_env(&request, &config);
+            match request.mode {
+                Mode::Exec => run_exec(argv, env, io, config.kill_grace).await,
+                Mode::Terminal { size } => {
+                    run_terminal(argv, env, size, io, config.kill_grace).await
+                }
+            }
+        })
+    }
+}
+
+fn build_argv(request: &SessionRequest) -> Result<Vec<String>, ExitStatus> {
+    let mut argv = Vec::with_capacity(request.command.len() + request.args.len());
+    for (i, part) in request.command.iter().enumerate() {
+        // hoop expands session variables in the connection's command, except argv[0]. The
+        // client's arguments are user input and are passed exactly as typed.
+        argv.push(if i == 0 {
+            part.clone()
+        } else {
+            request.env.expand(part)
+        });
+    }
+    argv.extend(request.args.iter().cloned());
+    if argv.first().is_none_or(String::is_empty) {
+        return Err(ExitStatus::internal(
+            "the connection has no command to run; set its command in the gateway",
+        ));
+    }
+    Ok(argv)
+}
+
+fn build_env(request: &SessionRequest, config: &LocalConfig) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = request
+        .env
+        .iter()
+        .map(|(k, v)| (OsString::from(k), v.to_owned()))
+        .collect();
+    let has = |name: &str| request.env.get(name).is_some();
+    for (name, inherited) in [("HOME", &config.home), ("PATH", &config.path)] {
+        if let (false, Some(value)) = (has(name), inherited) {
+            env.push((name.into(), value.clone()));
+        }
+    }
+    if matches!(request.mode, Mode::Terminal { .. }) && !has("TERM") {
+        env.push(("TERM".into(), "xterm-256color".into()));
+    }
+    env
+}
+
+fn start_failure(program: &str, e: &std::io::Error) -> ExitStatus {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        ExitStatus {
+            code: 127,
+            message: format!("failed starting command, reason={program}: command not found"),
+        }
+    } else {
+        ExitStatus {
+            code: 1,
+            message: format!("failed starting command, reason={program}: {e}"),
+        }
+    }
+}
+
+/// Sends `signal` to the process group `pgid`; a group that is already gone is not an error.
+fn signal_group(pgid: Pid, signal: Signal) {
+    match killpg(pgid, signal) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => {
+            tracing::warn!(pgid = pgid.as_raw(), %signal, error = %e, "cannot signal process group")
+        }
+    }
+}
+
+/// SIGTERM to the group, SIGKILL after `grace`, and reap the leader.
+async fn terminate(child: &mut Child, pgid: Pid, grace: Duration) {
+    signal_group(pgid, Signal::SIGTERM);
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        signal_group(pgid, Signal::SIGKILL);
+        let _ = child.wait().await;
+    }
+    // Whatever else is left in the group (children that ignored SIGTERM) goes too.
+    signal_group(pgid, Signal::SIGKILL);
+}
+
+async fn pump(mut reader: impl AsyncRead + Unpin, sink: &OutputSink) {
+    let mut buf = BytesMut::with_capacity(backend::CHUNK_SIZE);
+    loop {
+        buf.reserve(backend::CHUNK_SIZE);
+        match reader.read_buf(&mut buf).await {
+            // EIO is how a PTY reports that every slave fd is closed.
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                if sink.write(buf.split().freeze()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn feed_exec_stdin(
+    mut stdin: impl AsyncWrite + Unpin,
+    input: &mut tokio::sync::mpsc::Receiver<Input>,
+) {
+    while let Some(event) = input.recv().await {
+        match event {
+            Input::Data(data) => {
+                // EPIPE means the process does not read its input; that is its choice.
+                if stdin.write_all(&data).await.is_err() {
+                    break;
+                }
+            }
+            Input::Eof => break,
+            Input::Resize(_) => {}
+        }
+    }
+    let _ = stdin.shutdown().await;
+}
+
+async fn run_exec(
+    argv: Vec<String>,
+    env: Vec<(OsString, OsString)>,
+    io: SessionIo,
+    grace: Duration,
+) -> ExitStatus {
+    let SessionIo {
+        mut input,
+        stdout: out_sink,
+        stderr: err_sink,
+        cancel,
+    } = io;
+    let (program, args) = match argv.split_first() {
+        Some(split) => split,
+        None => return ExitStatus::internal("empty command"),
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => return start_failure(program, &e),
+    };
+    let Some(pgid) = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .map(Pid::from_raw)
+    else {
+        return ExitStatus::internal("the process exited before it could be tracked");
+    };
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        terminate(&mut child, pgid, grace).await;
+        return ExitStatus::internal("cannot open the process's pipes");
+    };
+    let feed = feed_exec_stdin(stdin, &mut input);
+    let output = async { tokio::join!(pump(stdout, &out_sink), pump(stderr, &err_sink)) };
+    tokio::pin!(feed, output);
+    let mut fed = false;
+    let mut drained = false;
+    let mut status = None;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => {
+                terminate(&mut child, pgid, grace).await;
+                return ExitStatus::internal("session closed");
+            }
+            () = &mut feed, if !fed => fed = true,
+            _ = &mut output, if !drained => drained = true,
+            s = child.wait(), if status.is_none() => {
+                status = Some(s);
+                if !drained {
+                    // The leader is gone; give the pipes a bounded drain, then end the group.
+                    if tokio::time::timeout(DRAIN_AFTER_EXIT, &mut output).await.is_err() {
+                        signal_group(pgid, Signal::SIGKILL);
+                        let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, &mut output).await;
+                    }
+                    drained = true;
+                }
+            }
+        }
+        if drained && status.is_some() {
+            break;
+        }
+    }
+    signal_group(pgid, Signal::SIGKILL);
+    match status {
+        Some(Ok(s)) => ExitStatus::from_process(s),
+        Some(Err(e)) => ExitStatus::internal(format!("cannot wait for the process: {e}")),
+        None => ExitStatus::internal("the process ended without an exit status"),
+    }
+}
+
+fn pty_size(size: TermSize) -> pty_process::Size {
+    pty_process::Size::new_with_pixel(size.rows, size.cols, size.xpixel, size.ypixel)
+}
+
+async fn run_terminal(
+    argv: Vec<String>,
+    env: Vec<(OsString, OsString)>,
+    size: TermSize,
+    io: SessionIo,
+    grace: Duration,
+) -> ExitStatus {
+    let SessionIo {
+        mut input,
+        stdout: out_sink,
+        cancel,
+        ..
+    } = io;
+    let (program, args) = match argv.split_first() {
+        Some(split) => split,
+        None => return ExitStatus::internal("empty command"),
+    };
+    let (pty, pts) = match pty_process::open() {
+        Ok(pair) => pair,
+        Err(e) => return ExitStatus::internal(format!("cannot allocate a terminal: {e}")),
+    };
+    if let Err(e) = pty.resize(pty_size(size)) {
+        return ExitStatus::internal(format!("cannot size the terminal: {e}"));
+    }
+    let cmd = pty_process::Command::new(program)
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn(pts) {
+        Ok(child) => child,
+        Err(pty_process::Error::Io(e)) => return start_failure(program, &e),
+        Err(e) => {
+            return ExitStatus {
+                code: 1,
+                message: format!("failed starting command, reason={program}: {e}"),
+            };
+        }
+    };
+    // The child is a session leader, so its pid is also its process group id.
+    let Some(pgid) = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .map(Pid::from_raw)
+    else {
+        return ExitStatus::internal("the process exited before it could be tracked");
+    };
+    let (reader, mut writer) = pty.into_split();
+    let output = pump(reader, &out_sink);
+    tokio::pin!(output);
+    let mut drained = false;
+    let mut input_open = true;
+    let status = loop {
+        tokio::select! {
+            () = cancel.cancelled() => {
+                terminate(&mut child, pgid, grace).await;
+                return ExitStatus::internal("session closed");
+            }
+            event = input.recv(), if input_open => match event {
+                Some(Input::Data(data)) => {
+                    if writer.write_all(&data).await.is_err() {
+                        input_open = false;
+                    }
+                }
+                Some(Input::Resize(size)) => {
+                    if let Err(e) = writer.resize(pty_size(size)) {
+                        tracing::debug!(error = %e, "cannot resize the terminal");
+                    }
+                }
+                Some(Input::Eof) => {}
+                None => input_open = false,
+            },
+            _ = &mut output, if !drained => drained = true,
+            s = child.wait() => break s,
+        }
+    };
+    if !drained
+        && tokio::time::timeout(DRAIN_AFTER_EXIT, &mut output)
+            .await
+            .is_err()
+    {
+        signal_group(pgid, Signal::SIGKILL);
+        let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, &mut output).await;
+    }
+    signal_group(pgid, Signal::SIGKILL);
+    drop(writer);
+    match status {
+        Ok(s) => ExitStatus::from_process(s),
+        Err(e) => ExitStatus::internal(format!("cannot wait for the process: {e}")),
+    }
+}

@@ -1,0 +1,165 @@
+//! What a backend is: given a [`SessionRequest`] and a [`SessionIo`] (input events in, two
+//! output sinks out, a cancellation token), run the session and report an [`ExitStatus`].
+//!
+//! run, psexec, ssh and local are implementations in their own crates; the agent picks one per
+//! session from the connection's command. This crate also owns what they share: the resolved
+//! session environment ([`env`]) and exit-status conventions. It knows nothing about gRPC.
+
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod env;
+mod io;
+
+use std::fmt;
+
+use futures::future::BoxFuture;
+pub use hoop_wire::{SessionId, TermSize};
+
+pub use env::{EnvError, SessionEnv};
+pub use io::{CHUNK_SIZE, Input, OutputSink, OutputTarget, SessionIo, SinkClosed, StreamKind};
+
+/// The exit code for failures inside the agent or a backend (hoop's `internalExitCode`).
+pub const INTERNAL_EXIT_CODE: i32 = hoop_wire::spec::INTERNAL_EXIT_CODE;
+
+/// How the client is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `hoop exec`: no terminal; stdin is the whole input followed by EOF.
+    Exec,
+    /// `hoop connect`: an interactive terminal of the given initial size.
+    Terminal { size: TermSize },
+}
+
+/// Everything a backend needs to start a session.
+pub struct SessionRequest {
+    pub session_id: SessionId,
+    pub connection_name: String,
+    pub user: String,
+    /// The connection's command (`CmdList`).
+    pub command: Vec<String>,
+    /// The client's arguments (`ClientArgs`).
+    pub args: Vec<String>,
+    /// The session environment, already resolved (secrets decoded, files written).
+    pub env: SessionEnv,
+    pub mode: Mode,
+}
+
+impl fmt::Debug for SessionRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Arguments may carry input the user considers sensitive; the env holds secrets.
+        f.debug_struct("SessionRequest")
+            .field("session_id", &self.session_id)
+            .field("connection_name", &self.connection_name)
+            .field("command", &self.command)
+            .field("args", &self.args.len())
+            .field("env", &self.env)
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+/// How a session ended: the exit code reported to the client, and a message for the close
+/// payload (empty on success).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExitStatus {
+    pub code: i32,
+    pub message: String,
+}
+
+impl ExitStatus {
+    /// A successful exit.
+    pub fn success() -> ExitStatus {
+        ExitStatus {
+            code: 0,
+            message: String::new(),
+        }
+    }
+
+    /// An agent-side failure (254) with its reason.
+    pub fn internal(message: impl Into<String>) -> ExitStatus {
+        ExitStatus {
+            code: INTERNAL_EXIT_CODE,
+            message: message.into(),
+        }
+    }
+
+    /// Maps a process status: the exit code as is; a signal `n` as `128 + n`, naming it.
+    pub fn from_process(status: std::process::ExitStatus) -> ExitStatus {
+        use std::os::unix::process::ExitStatusExt as _;
+        if let Some(code) = status.code() {
+            let message = if code == 0 {
+                String::new()
+            } else {
+                format!("failed executing command, reason=exit status {code}")
+            };
+            return ExitStatus { code, message };
+        }
+        match status.signal() {
+            Some(sig) => ExitStatus::signaled(sig, signal_name(sig)),
+            None => ExitStatus::internal("the process ended without an exit status"),
+        }
+    }
+
+    /// A process killed by signal `number` (`name` like `TERM` or `SIGTERM`).
+    pub fn signaled(number: i32, name: &str) -> ExitStatus {
+        let name = name.strip_prefix("SIG").unwrap_or(name);
+        ExitStatus {
+            code: 128 + number,
+            message: format!("failed executing command, reason=killed by signal SIG{name}"),
+        }
+    }
+}
+
+/// The conventional name of a signal number ("TERM" for 15), or its number.
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "HUP",
+        libc::SIGINT => "INT",
+        libc::SIGQUIT => "QUIT",
+        libc::SIGILL => "ILL",
+        libc::SIGABRT => "ABRT",
+        libc::SIGFPE => "FPE",
+        libc::SIGKILL => "KILL",
+        libc::SIGSEGV => "SEGV",
+        libc::SIGPIPE => "PIPE",
+        libc::SIGALRM => "ALRM",
+        libc::SIGTERM => "TERM",
+        libc::SIGUSR1 => "USR1",
+        libc::SIGUSR2 => "USR2",
+        libc::SIGBUS => "BUS",
+        _ => "UNKNOWN",
+    }
+}
+
+/// Runs sessions of one kind. Implementations must:
+/// - stream output through the sinks as it arrives, never buffering a whole stream;
+/// - stop promptly when `io.cancel` fires, releasing every resource (processes, connections,
+///   dynos) before returning;
+/// - return exactly one [`ExitStatus`]; a missing remote status is never reported as 0.
+pub trait Backend: Send + Sync + fmt::Debug + 'static {
+    /// A short name for logs and audit lines (`local`, `run`, `psexec`, `ssh`).
+    fn name(&self) -> &'static str;
+
+    /// Runs one session to completion.
+    fn run(&self, request: SessionRequest, io: SessionIo) -> BoxFuture<'static, ExitStatus>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt as _;
+
+    #[test]
+    fn process_statuses_map_to_hoop_exit_codes() {
+        assert_eq!(
+            ExitStatus::from_process(std::process::ExitStatus::from_raw(0)),
+            ExitStatus::success()
+        );
+        let three = ExitStatus::from_process(std::process::ExitStatus::from_raw(3 << 8));
+        assert_eq!(three.code, 3);
+        let killed = ExitStatus::from_process(std::process::ExitStatus::from_raw(libc::SIGKILL));
+        assert_eq!(killed.code, 137);
+        assert!(killed.message.contains("SIGKILL"), "{}", killed.message);
+    }
+}

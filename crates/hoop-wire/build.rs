@@ -1,0 +1,16 @@
+//! Compiles `proto/transport.proto` with protox (pure Rust), so neither builders nor CI need `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
+    let proto = format!("{proto_dir}/transport.proto");
+    println!("cargo:rerun-if-changed={proto}");
+    let fds = protox::compile([proto.as_str()], [proto_dir])?;
+    tonic_prost_build::configure()
+        // Payloads and spec values are raw bytes; `Bytes` avoids copies on the hot path.
+        .bytes(".")
+        // hoop's RPC is called `Connect`, which collides with the generated `connect(dst)`
+        // constructor (E0592). Clients are built with `TransportClient::new(channel)` instead.
+        .build_transport(false)
+        .compile_fds(fds)?;
+    Ok(())
+}
