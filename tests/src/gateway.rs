@@ -71,8 +71,53 @@ impl FakeGateway {
         FakeGateway::serve(listener, agent_name, secret)
     }
 
+    /// Starts a gateway that serves TLS with `tls` (which must offer ALPN `h2`).
+    pub async fn start_tls(
+        agent_name: &str,
+        secret: &str,
+        tls: rustls::ServerConfig,
+    ) -> FakeGateway {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let (tx, rx) = mpsc::channel::<std::io::Result<TlsConn>>(8);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    // A failed handshake is the client's problem; the listener keeps serving.
+                    if let Ok(tls) = acceptor.accept(tcp).await {
+                        let _ = tx.send(Ok(TlsConn(tls))).await;
+                    }
+                });
+            }
+        });
+        FakeGateway::serve_incoming(ReceiverStream::new(rx), addr, agent_name, secret)
+    }
+
     fn serve(listener: tokio::net::TcpListener, agent_name: &str, secret: &str) -> FakeGateway {
         let addr = listener.local_addr().expect("local addr");
+        FakeGateway::serve_incoming(TcpListenerStream::new(listener), addr, agent_name, secret)
+    }
+
+    fn serve_incoming<S, IO>(
+        incoming: S,
+        addr: SocketAddr,
+        agent_name: &str,
+        secret: &str,
+    ) -> FakeGateway
+    where
+        S: tokio_stream::Stream<Item = std::io::Result<IO>> + Send + 'static,
+        IO: tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + tonic::transport::server::Connected
+            + Unpin
+            + Send
+            + 'static,
+    {
         let state = Arc::new(Mutex::new(State::default()));
         let (tx, rx) = mpsc::channel(8);
         let svc = Service {
@@ -88,7 +133,7 @@ impl FakeGateway {
                         .max_decoding_message_size(MAX_MESSAGE_SIZE)
                         .max_encoding_message_size(64 * 1024 * 1024),
                 )
-                .serve_with_incoming(TcpListenerStream::new(listener))
+                .serve_with_incoming(incoming)
                 .await;
         });
         FakeGateway {
@@ -392,4 +437,66 @@ impl SessionReplies {
 /// Convenience: a payload from a string.
 pub fn bytes(s: &str) -> Bytes {
     Bytes::from(s.to_owned())
+}
+
+/// A server-side TLS connection that tonic can serve (tonic only implements `Connected` for
+/// TLS streams when its own TLS feature is on, which the workspace does not use).
+pub struct TlsConn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = ();
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+impl tokio::io::AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// A self-signed test certificate for `names` (IP literals become IP SANs), as PEM, with a
+/// rustls server config offering ALPN `h2`.
+pub fn test_tls(names: &[&str]) -> (String, rustls::ServerConfig) {
+    let cert = rcgen::generate_simple_self_signed(
+        names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
+    )
+    .expect("generate test certificate");
+    let pem = cert.cert.pem();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der())
+        .expect("key der");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("tls versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .expect("server config");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    (pem, config)
 }

@@ -51,3 +51,68 @@ fn version_prints_and_exits_zero() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("dynoagent "));
 }
+
+/// The real binary against an in-process gateway: SIGTERM closes live sessions with 254 and
+/// "agent shutting down", kills their processes, and the agent exits 0 well within 25 s.
+#[tokio::test]
+async fn sigterm_drains_live_sessions_and_exits() {
+    use bytes::Bytes;
+    use dynoagent_tests::{FakeGateway, Params, Tag, sid};
+    use hoop_wire::{AgentPacket, ClientPacket};
+
+    let tag = Tag::new();
+    let mut gw = FakeGateway::start("agent-bin", "xagt-bin-secret").await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dynoagent"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOOP_KEY", gw.dsn())
+        .env("DYNOAGENT_KILL_GRACE_SECS", "2")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stream = gw.next_agent().await;
+    let id = sid();
+    let mut replies = stream.watch_session(&id);
+    stream
+        .send(Params::new(&["sleep", "100"], "exec", &tag).open(&id))
+        .await;
+    assert!(matches!(
+        replies.next().await,
+        ClientPacket::SessionOpenOk { .. }
+    ));
+    stream
+        .send(AgentPacket::ExecWriteStdin {
+            session_id: id,
+            data: Bytes::new(),
+        })
+        .await;
+
+    let started = std::time::Instant::now();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = replies.until_close().await;
+    assert_eq!(out.exit_code, Some(254));
+    assert_eq!(out.message, "agent shutting down");
+    let status = tokio::time::timeout(std::time::Duration::from_secs(25), child.wait())
+        .await
+        .expect("exit within 25 s")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(25));
+    tag.assert_no_processes();
+    let logs = child.stdout.take().unwrap();
+    let mut text = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut tokio::io::BufReader::new(logs), &mut text)
+        .await
+        .unwrap();
+    assert!(
+        text.contains("session ended"),
+        "one audit line per session expected: {text}"
+    );
+    assert!(
+        !text.contains("xagt-bin-secret"),
+        "the DSN secret leaked into the logs"
+    );
+}

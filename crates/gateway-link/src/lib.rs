@@ -348,3 +348,36 @@ where
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn sends_a_keepalive_every_ten_seconds() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let task = tokio::spawn(keepalive(Outbound { tx }));
+        let start = Instant::now();
+        for n in 1..=3u64 {
+            let packet = rx.recv().await.unwrap();
+            assert_eq!(
+                packet.r#type,
+                hoop_wire::spec::packet_type::GATEWAY_KEEP_ALIVE
+            );
+            assert!(packet.spec.is_empty(), "keepalives carry no session id");
+            assert_eq!(start.elapsed(), KEEPALIVE_PERIOD * n as u32);
+        }
+        task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keepalive_stops_when_the_stream_closes() {
+        let (tx, rx) = mpsc::channel(4);
+        drop(rx);
+        // Ends by itself at its first tick instead of running forever.
+        tokio::time::timeout(KEEPALIVE_PERIOD * 2, keepalive(Outbound { tx }))
+            .await
+            .unwrap();
+    }
+}
