@@ -47,6 +47,42 @@ pub struct AgentConfig {
     pub shutdown_timeout: Duration,
     /// Where `filesystem:` secrets are written (mode 0600, removed after each session).
     pub env_file_dir: PathBuf,
+    /// Where the Heroku backends send their requests.
+    pub heroku: HerokuSettings,
+}
+
+/// Heroku endpoints. Real Heroku by default; `herokusim` (tests, `dynoagent dev`) overrides.
+#[derive(Clone, Debug)]
+pub struct HerokuSettings {
+    /// Platform API base URL (`DYNOAGENT_HEROKU_API_URL`).
+    pub api_url: url::Url,
+    /// Exec-manager base URL (`DYNOAGENT_HEROKU_EXEC_URL`).
+    pub exec_url: url::Url,
+    /// Extra trusted CA for the API, rendezvous and exec-manager (`DYNOAGENT_HEROKU_CA`: PEM,
+    /// `base64://` or `file://`).
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+fn parse_url(
+    var: &'static str,
+    value: Option<&str>,
+    default: &str,
+) -> Result<url::Url, ConfigError> {
+    let raw = value
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .unwrap_or(default);
+    let url = url::Url::parse(raw).map_err(|e| ConfigError::Invalid {
+        var,
+        reason: format!("{raw:?} is not a URL: {e}"),
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ConfigError::Invalid {
+            var,
+            reason: format!("{raw:?} must be an http or https URL"),
+        });
+    }
+    Ok(url)
 }
 
 /// Why the configuration was refused.
@@ -84,6 +120,9 @@ struct Raw {
     dynoagent_kill_grace_secs: Option<String>,
     dynoagent_shutdown_timeout_secs: Option<String>,
     dynoagent_env_dir: Option<String>,
+    dynoagent_heroku_api_url: Option<String>,
+    dynoagent_heroku_exec_url: Option<String>,
+    dynoagent_heroku_ca: Option<String>,
 }
 
 fn parse_bool(var: &'static str, value: Option<&str>) -> Result<bool, ConfigError> {
@@ -237,7 +276,31 @@ impl AgentConfig {
             .unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("dynoagent-{}", std::process::id()))
             });
+        let heroku = HerokuSettings {
+            api_url: parse_url(
+                "DYNOAGENT_HEROKU_API_URL",
+                raw.dynoagent_heroku_api_url.as_deref(),
+                heroku_api::DEFAULT_API_URL,
+            )?,
+            exec_url: parse_url(
+                "DYNOAGENT_HEROKU_EXEC_URL",
+                raw.dynoagent_heroku_exec_url.as_deref(),
+                heroku_api::DEFAULT_EXEC_URL,
+            )?,
+            ca_pem: raw
+                .dynoagent_heroku_ca
+                .as_deref()
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| {
+                    gateway_link::load_ca(v).map_err(|e| ConfigError::Invalid {
+                        var: "DYNOAGENT_HEROKU_CA",
+                        reason: e.to_string(),
+                    })
+                })
+                .transpose()?,
+        };
         Ok(AgentConfig {
+            heroku,
             link: LinkConfig::new(dsn, tls, version),
             log,
             max_sessions,

@@ -5,12 +5,9 @@
 
 #![forbid(unsafe_code)]
 
-use std::process::ExitCode;
-use std::sync::Arc;
-
 use agent::{Agent, AgentConfig, Router, VERSION};
-use backend_local::{LocalBackend, LocalConfig};
 use clap::Parser;
+use std::process::ExitCode;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -54,9 +51,13 @@ fn main() -> ExitCode {
 async fn run(config: AgentConfig) -> ExitCode {
     let shutdown = CancellationToken::new();
     let deadline = config.shutdown_timeout;
-    let mut local = LocalConfig::from_agent_env();
-    local.kill_grace = config.kill_grace;
-    let router = Router::new(Arc::new(LocalBackend::new(local)));
+    let router = match Router::standard(&config) {
+        Ok(router) => router,
+        Err(e) => {
+            tracing::error!(error = %e, "invalid configuration");
+            return ExitCode::from(2);
+        }
+    };
     tracing::info!(
         version = VERSION,
         agent = config.link.dsn.agent_name(),

@@ -1,0 +1,333 @@
+//! One run session: parse the arguments, create the one-off dyno, attach through rendezvous,
+//! stream both ways, recover the exit status from the marker, and always stop the dyno.
+
+use std::time::Duration;
+
+use backend::{ExitStatus, Input, Mode, SessionIo, SessionRequest};
+use bytes::{Bytes, BytesMut};
+use heroku_api::{ApiKey, ClientConfig, CreateDyno, HerokuClient};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::args::{self, Parsed, RunArgs};
+use crate::marker::{self, MarkerScanner};
+use crate::rendezvous::{self, RendezvousConfig};
+
+/// End-of-input byte on the rendezvous protocol (no-tty mode).
+const EOT: u8 = 0x04;
+/// Exit code for bad arguments (nothing was started).
+const USAGE_EXIT_CODE: i32 = 2;
+
+/// Settings for the run backend.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub api: ClientConfig,
+    pub rendezvous: RendezvousConfig,
+    /// After the marker, how long to keep draining output before closing.
+    pub drain_after_marker: Duration,
+    /// Limit for stopping the dyno at the end.
+    pub stop_timeout: Duration,
+}
+
+/// The `heroku run` arguments of a session: the connection command after `heroku run` (or
+/// `heroku-run`), then the client's arguments.
+pub fn session_args(request: &SessionRequest) -> Vec<String> {
+    let skip = match request.command.first().map(|c| basename(c)) {
+        Some("heroku") => 2,
+        _ => 1,
+    };
+    request
+        .command
+        .iter()
+        .skip(skip)
+        .chain(request.args.iter())
+        .cloned()
+        .collect()
+}
+
+/// The last path component of a command.
+pub fn basename(cmd: &str) -> &str {
+    cmd.rsplit('/').next().unwrap_or(cmd)
+}
+
+pub(crate) async fn run(config: RunConfig, request: SessionRequest, io: SessionIo) -> ExitStatus {
+    let run_args = match args::parse(&session_args(&request)) {
+        Ok(Parsed::Run(r)) => r,
+        Ok(Parsed::Help(text)) => {
+            let _ = io.stdout.write(Bytes::from(text)).await;
+            return ExitStatus::success();
+        }
+        Err(e) => {
+            return ExitStatus {
+                code: USAGE_EXIT_CODE,
+                message: e.0,
+            };
+        }
+    };
+    let Some(key) = request
+        .env
+        .get_str("HEROKU_API_KEY")
+        .filter(|k| !k.is_empty())
+    else {
+        return ExitStatus::internal(
+            "HEROKU_API_KEY is not set for this connection: add it as a connection secret (envvar:HEROKU_API_KEY), or set it on the agent and give the connection the value system.agent.envs",
+        );
+    };
+    let client = match HerokuClient::new(config.api.clone(), ApiKey::new(key)) {
+        Ok(c) => c,
+        Err(e) => return ExitStatus::internal(e.to_string()),
+    };
+    let SessionIo {
+        mut input,
+        stdout,
+        stderr,
+        cancel,
+    } = io;
+
+    // Exec input is complete before the dyno starts (hoop sends it in one packet), which also
+    // lets us see a 0x04 byte before choosing how to send the input.
+    let mut stdin = BytesMut::new();
+    if request.mode == Mode::Exec {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return ExitStatus::internal("session closed"),
+                event = input.recv() => match event {
+                    Some(Input::Data(d)) => stdin.extend_from_slice(&d),
+                    Some(Input::Resize(_)) => {}
+                    Some(Input::Eof) | None => break,
+                },
+            }
+        }
+    }
+    let (body, send_input) = dyno_request(&run_args, request.mode, &stdin);
+    if send_input.base64 {
+        let _ = stderr
+            .write(Bytes::from_static(
+                b"dynoagent: the input contains 0x04 bytes, which heroku run's protocol reads as end of input; it is sent base64-encoded and decoded on the dyno instead (base64 -d)\n",
+            ))
+            .await;
+    }
+
+    let dyno = tokio::select! {
+        () = cancel.cancelled() => return ExitStatus::internal("session closed"),
+        r = client.create_dyno(&run_args.app, &body) => match r {
+            Ok(d) => d,
+            Err(e) => return ExitStatus::internal(e.to_string()),
+        },
+    };
+    tracing::info!(app = %run_args.app, dyno = %dyno.name, "one-off dyno created");
+    let status = attach(
+        &config,
+        &dyno,
+        send_input,
+        &mut input,
+        &stdout,
+        &stderr,
+        &cancel,
+        request.mode,
+    )
+    .await;
+
+    // Always stop the dyno: a closed rendezvous stops it too, but a dropped agent must not
+    // leave one running and billing.
+    match tokio::time::timeout(
+        config.stop_timeout,
+        client.stop_dyno(&run_args.app, &dyno.name),
+    )
+    .await
+    {
+        Ok(Ok(())) => {
+            tracing::info!(app = %run_args.app, dyno = %dyno.name, "one-off dyno stopped")
+        }
+        Ok(Err(e)) if e.api().is_some_and(|a| a.status == 404) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(app = %run_args.app, dyno = %dyno.name, error = %e, "cannot stop the one-off dyno")
+        }
+        Err(_) => {
+            tracing::warn!(app = %run_args.app, dyno = %dyno.name, "timed out stopping the one-off dyno")
+        }
+    }
+    status
+}
+
+/// What to write to the dyno once attached.
+#[derive(Debug)]
+pub(crate) struct SendInput {
+    data: Bytes,
+    base64: bool,
+}
+
+/// The create body and the input plan.
+pub(crate) fn dyno_request(run: &RunArgs, mode: Mode, stdin: &[u8]) -> (CreateDyno, SendInput) {
+    let mut env: std::collections::BTreeMap<String, serde_json::Value> = run
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    let base64 = mode == Mode::Exec && stdin.contains(&EOT);
+    let command = if base64 {
+        // The first token changes, so Procfile process types do not resolve on this path.
+        format!("base64 -d | {{ {} ; }}", run.command)
+    } else {
+        run.command.clone()
+    };
+    let force_no_tty = match mode {
+        Mode::Exec => true,
+        Mode::Terminal { size } => {
+            env.insert("COLUMNS".into(), serde_json::Value::from(size.cols));
+            env.insert("LINES".into(), serde_json::Value::from(size.rows));
+            env.insert("TERM".into(), serde_json::Value::from("xterm-256color"));
+            run.no_tty
+        }
+    };
+    let data = if base64 {
+        Bytes::from(base64_lines(stdin))
+    } else {
+        Bytes::copy_from_slice(stdin)
+    };
+    let body = CreateDyno {
+        command: marker::wrap(&command),
+        attach: true,
+        env,
+        force_no_tty: force_no_tty.then_some(true),
+        size: run.size.clone(),
+        kind: run.kind.clone(),
+        time_to_live: None,
+    };
+    (body, SendInput { data, base64 })
+}
+
+fn base64_lines(data: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    let text = base64::engine::general_purpose::STANDARD.encode(data);
+    let mut out = Vec::with_capacity(text.len() + text.len() / 76 + 1);
+    for line in text.as_bytes().chunks(76) {
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn attach(
+    config: &RunConfig,
+    dyno: &heroku_api::Dyno,
+    send: SendInput,
+    input: &mut tokio::sync::mpsc::Receiver<Input>,
+    stdout: &backend::OutputSink,
+    stderr: &backend::OutputSink,
+    cancel: &tokio_util::sync::CancellationToken,
+    mode: Mode,
+) -> ExitStatus {
+    let Some(url) = dyno.attach_url.as_deref() else {
+        return ExitStatus::internal(format!(
+            "Heroku returned no attach URL for dyno {}",
+            dyno.name
+        ));
+    };
+    let rv = tokio::select! {
+        () = cancel.cancelled() => return ExitStatus::internal("session closed"),
+        r = rendezvous::connect(url, &config.rendezvous) => match r {
+            Ok(rv) => rv,
+            Err(e) => return ExitStatus::internal(format!("attaching to dyno {}: {e}", dyno.name)),
+        },
+    };
+    let (mut reader, mut writer) = tokio::io::split(rv.stream);
+    let mut scanner = MarkerScanner::default();
+    let first = scanner.feed(&rv.leftover);
+    if !first.is_empty() && stdout.write(first).await.is_err() {
+        return ExitStatus::internal("session closed");
+    }
+
+    let write_side = async {
+        match mode {
+            Mode::Exec => {
+                if !send.data.is_empty() {
+                    writer.write_all(&send.data).await?;
+                }
+                writer.write_all(&[EOT]).await?;
+                writer.flush().await?;
+                // Keep the write side open: the protocol has no half-close.
+                std::future::pending::<std::io::Result<()>>().await
+            }
+            Mode::Terminal { .. } => {
+                let mut told = false;
+                while let Some(event) = input.recv().await {
+                    match event {
+                        Input::Data(d) => {
+                            writer.write_all(&d).await?;
+                            writer.flush().await?;
+                        }
+                        Input::Resize(_) if !told => {
+                            told = true;
+                            let _ = stderr
+                                .write(Bytes::from_static(
+                                    b"\r\ndynoagent: a one-off dyno's terminal size is fixed when it starts; this resize cannot reach it\r\n",
+                                ))
+                                .await;
+                        }
+                        Input::Resize(_) | Input::Eof => {}
+                    }
+                }
+                std::future::pending::<std::io::Result<()>>().await
+            }
+        }
+    };
+    tokio::pin!(write_side);
+
+    let mut buf = BytesMut::with_capacity(backend::CHUNK_SIZE);
+    let mut marker_deadline: Option<tokio::time::Instant> = None;
+    let end = loop {
+        buf.reserve(backend::CHUNK_SIZE);
+        let sleep_until = marker_deadline
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400));
+        tokio::select! {
+            () = cancel.cancelled() => return ExitStatus::internal("session closed"),
+            r = &mut write_side => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "rendezvous write side ended");
+                }
+                // Writing failed: the read side reports how the stream ended.
+                std::future::pending::<()>().await;
+            }
+            () = tokio::time::sleep_until(sleep_until), if marker_deadline.is_some() => break End::DrainTimeout,
+            r = reader.read_buf(&mut buf) => match r {
+                Ok(0) => break End::Clean,
+                Ok(_) => {
+                    let out = scanner.feed(&buf.split());
+                    if scanner.status().is_some() && marker_deadline.is_none() {
+                        marker_deadline = Some(tokio::time::Instant::now() + config.drain_after_marker);
+                    }
+                    if !out.is_empty() && stdout.write(out).await.is_err() {
+                        return ExitStatus::internal("session closed");
+                    }
+                }
+                Err(e) => break End::Dropped(e.to_string()),
+            },
+        }
+    };
+    let rest = scanner.finish();
+    if !rest.is_empty() {
+        let _ = stdout.write(rest).await;
+    }
+    match (scanner.status(), end) {
+        (Some(0), _) => ExitStatus::success(),
+        (Some(code), _) => ExitStatus {
+            code,
+            message: format!("failed executing command, reason=exit status {code}"),
+        },
+        (None, End::Dropped(reason)) => ExitStatus::internal(format!(
+            "the connection to dyno {} dropped before the command finished ({reason}); its exit status is unknown",
+            dyno.name
+        )),
+        (None, _) => ExitStatus::internal(format!(
+            "the command on dyno {} ended its shell before dynoagent's exit marker could run (for example with `exit N`; use `(exit N)` instead); its exit status is unknown",
+            dyno.name
+        )),
+    }
+}
+
+enum End {
+    Clean,
+    DrainTimeout,
+    Dropped(String),
+}

@@ -1,0 +1,84 @@
+//! The Platform API and exec-manager objects dynoagent reads and writes. Only the fields it
+//! uses are typed; unknown fields are ignored, as Heroku adds fields over time.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /apps/{app}` (the fields the backends use).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct App {
+    #[serde(default)]
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub generation: Option<String>,
+    #[serde(default)]
+    pub stack: Option<NamedRef>,
+}
+
+/// A `{name}` reference such as `stack`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct NamedRef {
+    #[serde(default)]
+    pub name: String,
+}
+
+/// A dyno.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Dyno {
+    #[serde(default)]
+    pub id: String,
+    pub name: String,
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub command: String,
+    #[serde(default)]
+    pub size: Option<String>,
+    #[serde(default)]
+    pub attach_url: Option<String>,
+}
+
+/// The body of `POST /apps/{app}/dynos`. `None` fields are left out, as the CLI does.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct CreateDyno {
+    pub command: String,
+    pub attach: bool,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub force_no_tty: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", rename = "type")]
+    pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_to_live: Option<u64>,
+}
+
+/// An app feature such as `runtime-heroku-exec`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Feature {
+    #[serde(default)]
+    pub name: String,
+    pub enabled: bool,
+}
+
+/// Exec-manager's answer to `PUT /api/v2/{dyno}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct ExecCredentials {
+    pub tunnel_host: String,
+    pub client_user: String,
+    pub proxy_public_key: String,
+    #[serde(default)]
+    pub dyno_ip: String,
+}
+
+/// One entry of exec-manager's `GET /api/v2`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct ExecReservation {
+    pub dyno_name: String,
+}
