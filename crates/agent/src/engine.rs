@@ -67,6 +67,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut conn: Connection) {
             biased;
             () = shared.shutdown.cancelled() => {
                 drain(&shared, &mut reg, &mut done_rx).await;
+                // Every sender must be gone for the half-close to reach the gateway.
+                drop(out);
+                drop(reg);
                 conn.close(STREAM_CLOSE_WAIT).await;
                 return;
             }

@@ -45,3 +45,13 @@ fn targets(level: &str) -> String {
     .collect::<Vec<_>>()
     .join(",")
 }
+
+/// Installs human-readable logging on stderr at `level` (used by `dynoagent dev`, whose
+/// stdout belongs to the user).
+pub fn init_stderr(level: &str) -> Result<(), tracing_subscriber::util::TryInitError> {
+    let filter = EnvFilter::new(format!("warn,{lvl}", lvl = targets(level)));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .try_init()
+}

@@ -14,10 +14,33 @@ use tokio_util::sync::CancellationToken;
 /// Connects to a hoop gateway (HOOP_KEY) and serves its sessions.
 #[derive(Debug, Parser)]
 #[command(name = "dynoagent", version = VERSION, about, long_about = None)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Run a development gateway, this agent and the demo connections on loopback.
+    Dev {
+        /// Where the gateway listens.
+        #[arg(long, default_value = "127.0.0.1:8010")]
+        listen: std::net::SocketAddr,
+        /// The audit database (default: dynoctl's default path).
+        #[arg(long)]
+        audit_db: Option<std::path::PathBuf>,
+    },
+}
 
 fn main() -> ExitCode {
-    let _cli = Cli::parse();
+    let cli = Cli::parse();
+    if let Some(Command::Dev { listen, audit_db }) = cli.command {
+        return dev(devstack::DevOptions {
+            listen,
+            audit_db,
+            ..devstack::DevOptions::default()
+        });
+    }
     let config = match AgentConfig::from_process_env(VERSION) {
         Ok(config) => config,
         Err(e) => {
@@ -98,4 +121,53 @@ async fn run(config: AgentConfig) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn dev(options: devstack::DevOptions) -> ExitCode {
+    // Human-readable warnings on stderr; stdout is for the instructions.
+    let level = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "warn".into());
+    let _ = agent::logging::init_stderr(&level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let stack = match devstack::DevStack::start(options).await {
+            Ok(stack) => stack,
+            Err(e) => {
+                #[allow(clippy::print_stderr)]
+                {
+                    eprintln!("dynoagent dev: {e}");
+                }
+                return ExitCode::from(1);
+            }
+        };
+        #[allow(clippy::print_stdout)]
+        {
+            println!("{}", stack.instructions());
+        }
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            stack.shutdown().await;
+            return ExitCode::from(1);
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        #[allow(clippy::print_stdout)]
+        {
+            println!("stopping...");
+        }
+        stack.shutdown().await;
+        ExitCode::SUCCESS
+    })
 }

@@ -1,0 +1,245 @@
+//! `dynoctl connect`: an interactive terminal, as hoop's CLI runs it
+//! (hoop-gateway-protocol.md §3.4).
+//!
+//! Requires a TTY on stdin. After `ClientSessionOpenOK` it switches the terminal to raw mode,
+//! sends the initial `"\n"` `AgentTerminalWriteStdin` (which makes the agent create the PTY),
+//! sends `AgentTerminalResizeTTY` (`rows,cols,0,0`) once and on every SIGWINCH, copies stdin as
+//! `AgentTerminalWriteStdin`, and writes `ClientWriteStdout` to stdout. The terminal is restored
+//! on every exit path: [`RawMode`] restores on drop, and [`connect`] drops it before returning.
+//!
+//! This module owns the caller's real terminal; the session's packets are hoop's.
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::os::fd::AsFd as _;
+
+use bytes::Bytes;
+use hoop_wire::pb::Packet;
+use hoop_wire::spec::{KEEPALIVE_PERIOD, key, packet_type as pt};
+use nix::sys::termios::{self, SetArg, Termios};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::exec::session_spec;
+use crate::stream::{self, ClientStream};
+use crate::{ClientConfig, ClientError};
+
+/// Keystroke chunks queued from the stdin reader thread. Overflow policy: backpressure (the
+/// reader thread blocks, so the kernel's TTY buffer holds further keystrokes).
+const STDIN_QUEUE: usize = 16;
+
+/// The terminal in raw mode; the saved settings are restored when this is dropped.
+#[derive(Debug)]
+pub struct RawMode {
+    saved: Termios,
+}
+
+impl RawMode {
+    /// Switches stdin's terminal to raw mode.
+    pub fn enable() -> Result<RawMode, ClientError> {
+        let stdin = std::io::stdin();
+        let saved =
+            termios::tcgetattr(stdin.as_fd()).map_err(|e| ClientError::Terminal(e.to_string()))?;
+        let mut raw = saved.clone();
+        termios::cfmakeraw(&mut raw);
+        termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw)
+            .map_err(|e| ClientError::Terminal(e.to_string()))?;
+        Ok(RawMode { saved })
+    }
+
+    /// Restores the saved settings (also done on drop).
+    pub fn restore(&self) {
+        let _ = termios::tcsetattr(std::io::stdin().as_fd(), SetArg::TCSANOW, &self.saved);
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        self.restore();
+    }
+}
+
+/// How a terminal session ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TerminalOutcome {
+    pub session_id: Option<String>,
+    /// `client.exit_code`; 1 when unparsable (as hoop's CLI); 143 on SIGTERM/SIGHUP.
+    pub exit_code: i32,
+    pub message: String,
+}
+
+/// The current size of stdin's terminal as hoop's `rows,cols,x,y`.
+fn current_size() -> Option<Bytes> {
+    let ws = rustix::termios::tcgetwinsize(std::io::stdin()).ok()?;
+    Some(Bytes::from(format!(
+        "{},{},{},{}",
+        ws.ws_row, ws.ws_col, ws.ws_xpixel, ws.ws_ypixel
+    )))
+}
+
+/// Whether stdin is a terminal.
+pub fn stdin_is_tty() -> bool {
+    nix::unistd::isatty(std::io::stdin()).unwrap_or(false)
+}
+
+async fn send(stream: &ClientStream, p: Packet) -> Result<(), ClientError> {
+    stream
+        .tx
+        .send(p)
+        .await
+        .map_err(|_| ClientError::StreamEnded)
+}
+
+/// Opens an interactive session on `connection` through this process's terminal.
+pub async fn connect(
+    config: &ClientConfig,
+    connection: &str,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+) -> Result<TerminalOutcome, ClientError> {
+    if !stdin_is_tty() {
+        return Err(ClientError::NotATty);
+    }
+    let mut stream = stream::open(config, "connect", connection).await?;
+    let mut open = stream::packet(pt::AGENT_SESSION_OPEN, Bytes::new());
+    open.spec = session_spec(args, env);
+    send(&stream, open).await?;
+
+    // Wait for the agent to accept before touching the terminal.
+    let session_id = loop {
+        let p = match stream.inbound.message().await {
+            Ok(Some(p)) => p,
+            Ok(None) => return Err(ClientError::StreamEnded),
+            Err(status) => return Err(stream::from_status(&status)),
+        };
+        match p.r#type.as_str() {
+            pt::CLIENT_SESSION_OPEN_OK => {
+                break p
+                    .spec
+                    .get(key::SESSION_ID)
+                    .map(|s| String::from_utf8_lossy(s).into_owned());
+            }
+            pt::CLIENT_SESSION_CLOSE => {
+                return Ok(TerminalOutcome {
+                    session_id: None,
+                    exit_code: stream::exit_code(&p).unwrap_or(1),
+                    message: String::from_utf8_lossy(&p.payload).into_owned(),
+                });
+            }
+            pt::CLIENT_SESSION_OPEN_AGENT_OFFLINE => {
+                return Err(ClientError::AgentOffline(connection.to_owned()));
+            }
+            _ => {}
+        }
+    };
+
+    let raw = RawMode::enable()?;
+    let result = relay(&mut stream, session_id).await;
+    raw.restore();
+    drop(raw);
+    result
+}
+
+async fn relay(
+    stream: &mut ClientStream,
+    session_id: Option<String>,
+) -> Result<TerminalOutcome, ClientError> {
+    let mut winch =
+        signal(SignalKind::window_change()).map_err(|e| ClientError::Terminal(e.to_string()))?;
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| ClientError::Terminal(e.to_string()))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| ClientError::Terminal(e.to_string()))?;
+
+    // hoop's CLI: the initial "\n" creates the PTY; the initial resize may arrive first.
+    send(
+        stream,
+        stream::packet(pt::AGENT_TERMINAL_WRITE_STDIN, Bytes::from_static(b"\n")),
+    )
+    .await?;
+    if let Some(size) = current_size() {
+        send(stream, stream::packet(pt::AGENT_TERMINAL_RESIZE_TTY, size)).await?;
+    }
+
+    // A plain thread reads stdin: blocking reads on a TTY cannot be cancelled, and a thread
+    // (unlike a runtime blocking task) never delays the process's exit.
+    let (keys_tx, mut keys) = mpsc::channel::<Bytes>(STDIN_QUEUE);
+    std::thread::Builder::new()
+        .name("dynoctl-stdin".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin();
+            let mut buf = [0u8; 4096];
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        let chunk = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
+                        if keys_tx.blocking_send(chunk).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        })
+        .map_err(|e| ClientError::Terminal(format!("cannot start the stdin reader: {e}")))?;
+
+    let mut keepalive = tokio::time::interval_at(
+        tokio::time::Instant::now() + KEEPALIVE_PERIOD,
+        KEEPALIVE_PERIOD,
+    );
+    loop {
+        tokio::select! {
+            _ = keepalive.tick() => send(stream, stream::keepalive()).await?,
+            _ = winch.recv() => {
+                if let Some(size) = current_size() {
+                    send(stream, stream::packet(pt::AGENT_TERMINAL_RESIZE_TTY, size)).await?;
+                }
+            }
+            _ = term.recv() => return Ok(interrupted(session_id)),
+            _ = hup.recv() => return Ok(interrupted(session_id)),
+            k = keys.recv() => match k {
+                Some(data) => send(stream, stream::packet(pt::AGENT_TERMINAL_WRITE_STDIN, data)).await?,
+                // The terminal is gone: end the session.
+                None => {
+                    let _ = stream.tx.send(stream::packet(pt::AGENT_SESSION_CLOSE, Bytes::new())).await;
+                    return Ok(TerminalOutcome {
+                        session_id,
+                        exit_code: crate::INTERNAL_EXIT_CODE,
+                        message: "the terminal closed".into(),
+                    });
+                }
+            },
+            m = stream.inbound.message() => {
+                let p = match m {
+                    Ok(Some(p)) => p,
+                    Ok(None) => return Err(ClientError::StreamEnded),
+                    Err(status) => return Err(stream::from_status(&status)),
+                };
+                match p.r#type.as_str() {
+                    pt::CLIENT_WRITE_STDOUT => write_out(&mut std::io::stdout(), &p.payload)?,
+                    pt::CLIENT_WRITE_STDERR => write_out(&mut std::io::stderr(), &p.payload)?,
+                    pt::CLIENT_SESSION_CLOSE => {
+                        return Ok(TerminalOutcome {
+                            session_id,
+                            exit_code: stream::exit_code(&p).unwrap_or(1),
+                            message: String::from_utf8_lossy(&p.payload).into_owned(),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+fn interrupted(session_id: Option<String>) -> TerminalOutcome {
+    TerminalOutcome {
+        session_id,
+        exit_code: 143,
+        message: "interrupted".into(),
+    }
+}
+
+fn write_out(w: &mut impl std::io::Write, data: &[u8]) -> Result<(), ClientError> {
+    w.write_all(data).map_err(ClientError::Output)?;
+    w.flush().map_err(ClientError::Output)
+}
