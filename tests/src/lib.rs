@@ -12,10 +12,8 @@
 pub mod gateway;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
 use agent::{Agent, AgentConfig, Router};
-use backend_local::{LocalBackend, LocalConfig};
 use base64::Engine as _;
 use hoop_gob::AgentConnectionParams;
 use hoop_wire::{AgentPacket, SessionId, SessionOpen};
@@ -149,9 +147,7 @@ impl TestAgent {
             env.insert((*k).into(), (*v).into());
         }
         let config = AgentConfig::from_sources(&env, agent::VERSION).expect("valid test config");
-        let mut local = LocalConfig::from_agent_env();
-        local.kill_grace = config.kill_grace;
-        let router = Router::new(Arc::new(LocalBackend::new(local)));
+        let router = Router::standard(&config).expect("valid backend config");
         let shutdown = CancellationToken::new();
         let agent = Agent::new(config, router, shutdown.clone());
         let live = agent.live_sessions();

@@ -663,9 +663,15 @@ async fn decodes_session_opens_built_from_go_gob_fixtures() {
             data: Bytes::from_static(b"pp ENV"),
         })
         .await;
-    // ps-exec.sh is not installed here, so the local backend reports "not found".
+    // The command routes to the psexec backend, which gets the fixture's arguments and
+    // refuses the fixture's app name before any API call.
     let out = replies.until_close().await;
-    assert_eq!(out.exit_code, Some(127), "{}", out.message);
+    assert_eq!(out.exit_code, Some(2), "{}", out.message);
+    assert!(
+        out.message.contains("invalid app name \"X\""),
+        "{}",
+        out.message
+    );
     stream
         .send(AgentPacket::SessionClose { session_id: id })
         .await;

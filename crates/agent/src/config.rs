@@ -61,6 +61,8 @@ pub struct HerokuSettings {
     /// Extra trusted CA for the API, rendezvous and exec-manager (`DYNOAGENT_HEROKU_CA`: PEM,
     /// `base64://` or `file://`).
     pub ca_pem: Option<Vec<u8>>,
+    /// The Heroku Exec SSH proxy's port (`DYNOAGENT_HEROKU_EXEC_SSH_PORT`; Heroku: 80).
+    pub exec_ssh_port: u16,
 }
 
 fn parse_url(
@@ -123,6 +125,7 @@ struct Raw {
     dynoagent_heroku_api_url: Option<String>,
     dynoagent_heroku_exec_url: Option<String>,
     dynoagent_heroku_ca: Option<String>,
+    dynoagent_heroku_exec_ssh_port: Option<String>,
 }
 
 fn parse_bool(var: &'static str, value: Option<&str>) -> Result<bool, ConfigError> {
@@ -165,7 +168,7 @@ fn parse_log(raw: &Raw) -> Result<LogConfig, ConfigError> {
         Some(other) => {
             return Err(ConfigError::Invalid {
                 var: "LOG_LEVEL",
-                reason: format!("{other:?} is not one of debug, info, warn, error"),
+                reason: format!("{other:?} is not one of trace, debug, info, warn, error"),
             });
         }
     };
@@ -298,6 +301,11 @@ impl AgentConfig {
                     })
                 })
                 .transpose()?,
+            exec_ssh_port: parse_num(
+                "DYNOAGENT_HEROKU_EXEC_SSH_PORT",
+                raw.dynoagent_heroku_exec_ssh_port.as_deref(),
+                80,
+            )?,
         };
         Ok(AgentConfig {
             heroku,

@@ -31,19 +31,31 @@ pub fn init(config: &LogConfig) -> Result<(), tracing_subscriber::util::TryInitE
     }
 }
 
+/// The workspace's library crates (tracing targets): they log at the configured level.
+const OUR_CRATES: &[&str] = &[
+    "dynoagent",
+    "agent",
+    "gateway_link",
+    "hoop_wire",
+    "hoop_gob",
+    "heroku_api",
+    "backend",
+    "backend_local",
+    "backend_run",
+    "backend_ssh",
+    "backend_psexec",
+    "devstack",
+    "dynogw",
+    "dynoctl",
+    "herokusim",
+];
+
 fn targets(level: &str) -> String {
-    [
-        "dynoagent",
-        "agent",
-        "gateway_link",
-        "backend",
-        "backend_local",
-        "hoop_wire",
-    ]
-    .iter()
-    .map(|t| format!("{t}={level}"))
-    .collect::<Vec<_>>()
-    .join(",")
+    OUR_CRATES
+        .iter()
+        .map(|t| format!("{t}={level}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Installs human-readable logging on stderr at `level` (used by `dynoagent dev`, whose
@@ -54,4 +66,31 @@ pub fn init_stderr(level: &str) -> Result<(), tracing_subscriber::util::TryInitE
         .with(filter)
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .try_init()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A crate missing from [`OUR_CRATES`] would log only its warnings, silently.
+    #[test]
+    fn every_workspace_crate_logs_at_the_configured_level() {
+        let manifest =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml"))
+                .unwrap();
+        let crates: Vec<String> = manifest
+            .lines()
+            .filter_map(|l| l.split_once("path = \"crates/"))
+            .map(|(_, rest)| rest.split('"').next().unwrap().replace('-', "_"))
+            .collect();
+        assert!(crates.len() >= 10, "found only {crates:?}");
+        for name in &crates {
+            assert!(
+                OUR_CRATES.contains(&name.as_str()),
+                "{name} is not in OUR_CRATES"
+            );
+        }
+        assert!(targets("debug").contains("backend_psexec=debug"));
+    }
 }

@@ -183,19 +183,60 @@ fn session_vars(open: &SessionOpen) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Runs a session to its end. Never panics; every path ends with at most one close.
+/// Counters and target a session reports in its audit line.
+#[derive(Default)]
+struct Tally {
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: Arc<AtomicU64>,
+    report: backend::SessionReport,
+}
+
+/// Runs a session to its end. Never panics; every path ends with at most one close and
+/// exactly one audit line.
 pub(crate) async fn run(start: SessionStart) {
+    let started = Instant::now();
+    let control = Arc::clone(&start.handle.control);
+    let output = Arc::clone(&control.output);
+    let backend = start.shared.router.route(&start.open.params.cmd_list);
+    let open = start.open.clone();
+    let tally = Tally::default();
+    let status = drive(start, &backend, &tally).await;
+    let status = end_status(&control, status);
+    finish(&output, &control, &status).await;
+    // The audit line: who, where, how it ended, how much. Never content, never secrets.
+    let target = tally.report.target();
+    // `session_id` comes from the session's span (once per line).
+    tracing::info!(
+        user = %open.params.user_email,
+        connection = %open.params.connection_name,
+        backend = backend.name(),
+        app = target.app.as_deref().unwrap_or("-"),
+        dyno = target.dyno.as_deref().unwrap_or("-"),
+        verb = %open.params.client_verb,
+        exit_code = status.code,
+        bytes_in = tally.bytes_in.load(Ordering::Relaxed),
+        bytes_out = tally.bytes_out.load(Ordering::Relaxed),
+        duration_ms = started.elapsed().as_millis() as u64,
+        "session ended"
+    );
+}
+
+/// Opens the session, waits for its first input, and runs the backend. Returns the backend's
+/// status, or `None` when the session ended before the backend ran.
+async fn drive(
+    start: SessionStart,
+    backend: &Arc<dyn backend::Backend>,
+    tally: &Tally,
+) -> Option<ExitStatus> {
     let SessionStart {
         open,
         mut events,
         handle,
         shared,
     } = start;
-    let started = Instant::now();
     let control = Arc::clone(&handle.control);
     let output = Arc::clone(&control.output);
     let sid = open.session_id.clone();
-    let backend = shared.router.route(&open.params.cmd_list);
     let session_vars = session_vars(&open);
     let sources = EnvSources {
         connection: &open.params.env_vars,
@@ -206,36 +247,29 @@ pub(crate) async fn run(start: SessionStart) {
     let env = match resolve(&sources, &|name| std::env::var_os(name)) {
         Ok(env) => env,
         Err(e) => {
-            let status =
-                ExitStatus::internal(format!("failed decoding environment variables, reason={e}"));
-            finish(&output, &control, &status).await;
-            return;
+            return Some(ExitStatus::internal(format!(
+                "failed decoding environment variables, reason={e}"
+            )));
         }
     };
     let mut command_line = open.params.cmd_list.clone();
     command_line.extend(open.params.client_args.iter().cloned());
-    let opened = output
+    output
         .send(ClientPacket::SessionOpenOk {
             session_id: sid.clone(),
             connection_type: open.connection_type.clone(),
             request_port: open.request_port.clone(),
             command: command_line.join(" "),
         })
-        .await;
-    if opened.is_err() {
-        return;
-    }
+        .await
+        .ok()?;
 
     // Wait for the first input, which says how the client is attached. A resize may come
     // first (hoop's CLI sends both concurrently); keep the latest one for the terminal.
     let mut pending_size: Option<TermSize> = None;
     let (mode, first_input) = loop {
         let event = tokio::select! {
-            () = control.cancel.cancelled() => {
-                let status = end_status(&control, None);
-                finish(&output, &control, &status).await;
-                return;
-            }
+            () = control.cancel.cancelled() => return None,
             event = events.recv() => event,
         };
         match event {
@@ -249,12 +283,10 @@ pub(crate) async fn run(start: SessionStart) {
                     None,
                 );
             }
-            None => return,
+            None => return None,
         }
     };
 
-    let bytes_in = Arc::new(AtomicU64::new(0));
-    let bytes_out = Arc::new(AtomicU64::new(0));
     let target: Arc<dyn OutputTarget> = output.clone();
     let (input_tx, input_rx) = mpsc::channel(BACKEND_INPUT_QUEUE);
     let io = SessionIo {
@@ -262,10 +294,11 @@ pub(crate) async fn run(start: SessionStart) {
         stdout: OutputSink::new(
             Arc::clone(&target),
             StreamKind::Stdout,
-            Arc::clone(&bytes_out),
+            Arc::clone(&tally.bytes_out),
         ),
-        stderr: OutputSink::new(target, StreamKind::Stderr, Arc::clone(&bytes_out)),
+        stderr: OutputSink::new(target, StreamKind::Stderr, Arc::clone(&tally.bytes_out)),
         cancel: control.cancel.clone(),
+        report: tally.report.clone(),
     };
     let request = SessionRequest {
         session_id: sid.clone(),
@@ -278,7 +311,9 @@ pub(crate) async fn run(start: SessionStart) {
     };
     let mut backlog: std::collections::VecDeque<Input> = std::collections::VecDeque::new();
     if let Some(data) = first_input {
-        bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+        tally
+            .bytes_in
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         if !data.is_empty() {
             backlog.push_back(Input::Data(data));
         }
@@ -287,9 +322,9 @@ pub(crate) async fn run(start: SessionStart) {
     let run = backend.run(request, io);
     tokio::pin!(run);
     let mut events_open = true;
-    let status = loop {
+    loop {
         tokio::select! {
-            status = &mut run => break status,
+            status = &mut run => return Some(status),
             permit = input_tx.reserve(), if !backlog.is_empty() => {
                 if let (Ok(permit), Some(input)) = (permit, backlog.pop_front()) {
                     permit.send(input);
@@ -297,7 +332,7 @@ pub(crate) async fn run(start: SessionStart) {
             }
             event = events.recv(), if events_open && backlog.is_empty() => match event {
                 Some(SessionEvent::TerminalStdin(data)) if matches!(mode, Mode::Terminal { .. }) => {
-                    bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    tally.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
                     backlog.push_back(Input::Data(data));
                 }
                 Some(SessionEvent::Resize(size)) if matches!(mode, Mode::Terminal { .. }) => {
@@ -307,21 +342,7 @@ pub(crate) async fn run(start: SessionStart) {
                 None => events_open = false,
             },
         }
-    };
-    let status = end_status(&control, Some(status));
-    finish(&output, &control, &status).await;
-    tracing::info!(
-        session_id = %sid,
-        user = %open.params.user_email,
-        connection = %open.params.connection_name,
-        backend = backend.name(),
-        verb = %open.params.client_verb,
-        exit_code = status.code,
-        bytes_in = bytes_in.load(Ordering::Relaxed),
-        bytes_out = bytes_out.load(Ordering::Relaxed),
-        duration_ms = started.elapsed().as_millis() as u64,
-        "session ended"
-    );
+    }
 }
 
 fn kind(event: &SessionEvent) -> &'static str {

@@ -206,6 +206,7 @@ async fn run_exec(
         stdout: out_sink,
         stderr: err_sink,
         cancel,
+        ..
     } = io;
     let (program, args) = match argv.split_first() {
         Some(split) => split,

@@ -1,54 +1,62 @@
 //! The exit-status marker of `heroku run --exit-code` (heroku-protocols.md §4).
 //!
-//! The command sent to the dyno is wrapped as `<command> ; echo "\u{FFFF} heroku-command-exit-status: $?"`
-//! (the space before `;` keeps Procfile process types working). [`MarkerScanner`] finds the
-//! marker line in the merged output stream with a line state that persists across reads, strips
-//! it with its `\r?\n`, and passes every other byte through unchanged (binary-safe). Only whole
-//! lines anchored at a line start match; the last marker wins.
+//! The command sent to the dyno is wrapped as
+//! `<command> ; echo "\u{FFFF} heroku-command-exit-status <nonce>: $?"` (the space before `;`
+//! keeps Procfile process types working). The nonce is fresh per session, which the spec allows
+//! since dynoagent both writes and reads the marker.
+//!
+//! [`MarkerScanner`] finds the marker in the merged output stream with state that persists
+//! across reads, strips exactly the marker text and its `\r?\n`, and passes every other byte
+//! through unchanged (binary-safe). The marker is matched wherever it starts, not only at a
+//! line start: a command whose output does not end in a newline (`printf abc`, binary data)
+//! puts the marker mid-line, and the nonce keeps user output from matching by accident. The
+//! last marker wins.
 
 use bytes::{Bytes, BytesMut};
 
-/// The bytes before the status: U+FFFF (UTF-8), a space, the label, a space.
-const PREFIX: &[u8] = "\u{FFFF} heroku-command-exit-status: ".as_bytes();
 /// More digits than any exit status has; a longer run is not a marker.
 const MAX_DIGITS: usize = 10;
 
-/// The epilogue appended to the command.
-pub const EPILOGUE: &str = " ; echo \"\u{FFFF} heroku-command-exit-status: $?\"";
-
-/// Wraps a command with the marker epilogue.
-pub fn wrap(command: &str) -> String {
-    format!("{command}{EPILOGUE}")
+/// Wraps a command with the marker epilogue for `nonce`. The command runs in a subshell, so
+/// `exit N` (or `exec`) ends the subshell, not the shell that prints the marker; the newlines
+/// keep a trailing `# comment` or `&` from swallowing the closing parenthesis.
+pub fn wrap(command: &str, nonce: &str) -> String {
+    format!("(\n{command}\n) ; echo \"\u{FFFF} heroku-command-exit-status {nonce}: $?\"")
 }
 
-/// Streaming marker detector. Holds back at most one candidate line (under 64 bytes).
+/// A fresh nonce: 16 hex digits.
+pub fn new_nonce() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    id.get(..16).unwrap_or(&id).to_owned()
+}
+
+/// Streaming marker detector. Holds back at most one possible marker (under 80 bytes).
 #[derive(Debug)]
 pub struct MarkerScanner {
-    at_line_start: bool,
-    held: Vec<u8>,
+    prefix: Vec<u8>,
+    pending: Vec<u8>,
     status: Option<i32>,
 }
 
-impl Default for MarkerScanner {
-    fn default() -> Self {
-        MarkerScanner {
-            at_line_start: true,
-            held: Vec::with_capacity(PREFIX.len() + MAX_DIGITS + 2),
-            status: None,
-        }
-    }
-}
-
-enum Candidate {
-    /// Still a possible marker.
-    Open,
-    /// A complete marker line.
-    Done(i32),
+enum Tail {
+    /// A complete marker of `len` bytes with this status.
+    Marker { len: usize, status: i32 },
+    /// Could still become a marker with more input.
+    Incomplete,
     /// Not a marker.
     No,
 }
 
 impl MarkerScanner {
+    /// A scanner for the marker with `nonce`.
+    pub fn new(nonce: &str) -> MarkerScanner {
+        MarkerScanner {
+            prefix: format!("\u{FFFF} heroku-command-exit-status {nonce}: ").into_bytes(),
+            pending: Vec::new(),
+            status: None,
+        }
+    }
+
     /// The last exit status seen so far.
     pub fn status(&self) -> Option<i32> {
         self.status
@@ -56,99 +64,116 @@ impl MarkerScanner {
 
     /// Feeds one chunk; returns the bytes to forward now.
     pub fn feed(&mut self, chunk: &[u8]) -> Bytes {
-        let mut out = BytesMut::with_capacity(chunk.len());
-        let mut i = 0;
-        while i < chunk.len() {
-            if self.held.is_empty() && !self.at_line_start {
-                // Fast path: copy up to and including the next newline.
-                let rest = chunk.get(i..).unwrap_or_default();
-                match rest.iter().position(|&b| b == b'\n') {
-                    Some(n) => {
-                        out.extend_from_slice(rest.get(..=n).unwrap_or_default());
-                        i += n + 1;
-                        self.at_line_start = true;
-                    }
-                    None => {
-                        out.extend_from_slice(rest);
-                        i = chunk.len();
+        let mut data = std::mem::take(&mut self.pending);
+        data.extend_from_slice(chunk);
+        let mut out = BytesMut::with_capacity(data.len());
+        let mut pos = 0;
+        loop {
+            let rest = data.get(pos..).unwrap_or_default();
+            match find(rest, &self.prefix) {
+                Some(i) => {
+                    out.extend_from_slice(rest.get(..i).unwrap_or_default());
+                    let at = pos + i;
+                    match self.tail(data.get(at..).unwrap_or_default(), false) {
+                        Tail::Marker { len, status } => {
+                            self.status = Some(status);
+                            pos = at + len;
+                        }
+                        Tail::Incomplete => {
+                            self.pending = data.get(at..).unwrap_or_default().to_vec();
+                            return out.freeze();
+                        }
+                        Tail::No => {
+                            out.extend_from_slice(data.get(at..=at).unwrap_or_default());
+                            pos = at + 1;
+                        }
                     }
                 }
-                continue;
-            }
-            let Some(&b) = chunk.get(i) else { break };
-            i += 1;
-            self.held.push(b);
-            match self.classify() {
-                Candidate::Open => {}
-                Candidate::Done(code) => {
-                    self.status = Some(code);
-                    self.held.clear();
-                    self.at_line_start = true;
-                }
-                Candidate::No => {
-                    out.extend_from_slice(&self.held);
-                    self.held.clear();
-                    self.at_line_start = b == b'\n';
+                None => {
+                    // Keep a suffix that may be the start of a marker split across reads.
+                    let hold = partial_suffix(rest, &self.prefix);
+                    out.extend_from_slice(rest.get(..rest.len() - hold).unwrap_or_default());
+                    self.pending = rest.get(rest.len() - hold..).unwrap_or_default().to_vec();
+                    return out.freeze();
                 }
             }
         }
-        out.freeze()
     }
 
-    /// Ends the stream; returns any held bytes (a marker without a final newline counts).
+    /// Ends the stream; returns any held bytes (a marker without its newline still counts).
     pub fn finish(&mut self) -> Bytes {
-        let held = std::mem::take(&mut self.held);
-        if let Some(code) = parse_status(&held) {
-            self.status = Some(code);
-            return Bytes::new();
+        let held = std::mem::take(&mut self.pending);
+        if let Tail::Marker { len, status } = self.tail(&held, true) {
+            self.status = Some(status);
+            return Bytes::copy_from_slice(held.get(len..).unwrap_or_default());
         }
         Bytes::from(held)
     }
 
-    fn classify(&self) -> Candidate {
-        let held = &self.held;
-        if held.len() <= PREFIX.len() {
-            return if PREFIX.starts_with(held) {
-                Candidate::Open
+    /// Classifies `data`, which starts with the prefix (or a part of it).
+    fn tail(&self, data: &[u8], at_end: bool) -> Tail {
+        let Some(after) = data.strip_prefix(self.prefix.as_slice()) else {
+            return if self.prefix.starts_with(data) && !at_end {
+                Tail::Incomplete
             } else {
-                Candidate::No
+                Tail::No
             };
+        };
+        let digits = after.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits > MAX_DIGITS {
+            return Tail::No;
         }
-        if !held.starts_with(PREFIX) {
-            return Candidate::No;
-        }
-        let tail = held.get(PREFIX.len()..).unwrap_or_default();
-        let digits = tail.iter().take_while(|b| b.is_ascii_digit()).count();
-        let after = tail.get(digits..).unwrap_or_default();
-        if digits == 0 || digits > MAX_DIGITS {
-            return if digits == 0 && after.is_empty() {
-                Candidate::Open
-            } else {
-                Candidate::No
-            };
-        }
-        match after {
-            [] | [b'\r'] => Candidate::Open,
-            [b'\n'] | [b'\r', b'\n'] => parse_status(held).map_or(Candidate::No, Candidate::Done),
-            _ => Candidate::No,
+        let rest = after.get(digits..).unwrap_or_default();
+        let status = || {
+            std::str::from_utf8(after.get(..digits).unwrap_or_default())
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+                .map(|n| i32::try_from(n).unwrap_or(i32::MAX))
+        };
+        let newline = match rest {
+            [b'\n', ..] => Some(1),
+            [b'\r', b'\n', ..] => Some(2),
+            [] | [b'\r'] if !at_end => return Tail::Incomplete,
+            [] | [b'\r'] => Some(rest.len()),
+            _ => None,
+        };
+        match (digits, newline, status()) {
+            (1.., Some(nl), Some(status)) => Tail::Marker {
+                len: self.prefix.len() + digits + nl,
+                status,
+            },
+            _ => Tail::No,
         }
     }
 }
 
-fn parse_status(line: &[u8]) -> Option<i32> {
-    let tail = line.strip_prefix(PREFIX)?;
-    let digits: &[u8] = match tail {
-        [d @ .., b'\r', b'\n'] | [d @ .., b'\n'] | [d @ .., b'\r'] => d,
-        d => d,
-    };
-    if digits.is_empty() || digits.len() > MAX_DIGITS || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
+/// The first index of `needle` in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    let first = *needle.first()?;
+    let mut from = 0;
+    while let Some(off) = hay.get(from..)?.iter().position(|&b| b == first) {
+        let i = from + off;
+        if hay.get(i..i + needle.len()) == Some(needle) {
+            return Some(i);
+        }
+        if hay.len() - i < needle.len() {
+            return None;
+        }
+        from = i + 1;
     }
-    std::str::from_utf8(digits)
-        .ok()?
-        .parse::<i64>()
-        .ok()
-        .map(|n| i32::try_from(n).unwrap_or(i32::MAX))
+    None
+}
+
+/// The length of the longest suffix of `hay` that is a proper prefix of `needle`.
+fn partial_suffix(hay: &[u8], needle: &[u8]) -> usize {
+    let max = hay.len().min(needle.len().saturating_sub(1));
+    (1..=max)
+        .rev()
+        .find(|&k| {
+            hay.get(hay.len() - k..)
+                .is_some_and(|s| needle.starts_with(s))
+        })
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -156,9 +181,10 @@ fn parse_status(line: &[u8]) -> Option<i32> {
 mod tests {
     use super::*;
 
+    const NONCE: &str = "0123456789abcdef";
+
     fn marker(code: i32, crlf: bool) -> Vec<u8> {
-        let mut m = PREFIX.to_vec();
-        m.extend_from_slice(code.to_string().as_bytes());
+        let mut m = format!("\u{FFFF} heroku-command-exit-status {NONCE}: {code}").into_bytes();
         m.extend_from_slice(if crlf { b"\r\n" } else { b"\n" });
         m
     }
@@ -167,7 +193,7 @@ mod tests {
     fn check_all_splits(input: &[u8], want_out: &[u8], want_status: Option<i32>) {
         for a in 0..=input.len() {
             for b in a..=input.len() {
-                let mut s = MarkerScanner::default();
+                let mut s = MarkerScanner::new(NONCE);
                 let mut out = Vec::new();
                 out.extend_from_slice(&s.feed(&input[..a]));
                 out.extend_from_slice(&s.feed(&input[a..b]));
@@ -180,7 +206,7 @@ mod tests {
     }
 
     #[test]
-    fn strips_the_marker_line_across_any_read_boundary() {
+    fn strips_the_marker_across_any_read_boundary() {
         let mut input = b"hello\nworld\n".to_vec();
         input.extend(marker(3, false));
         check_all_splits(&input, b"hello\nworld\n", Some(3));
@@ -190,11 +216,23 @@ mod tests {
     }
 
     #[test]
+    fn finds_the_marker_after_output_without_a_final_newline() {
+        let mut input = b"abc".to_vec();
+        input.extend(marker(4, false));
+        check_all_splits(&input, b"abc", Some(4));
+    }
+
+    #[test]
     fn binary_output_and_lookalikes_pass_through_unchanged() {
         let mut input: Vec<u8> = (0..=255u8).collect();
-        input.extend_from_slice(b"\n\xEF\xBF\xBF heroku-command-exit-status: x\nmid ");
-        input.extend(marker(5, false)); // not at a line start: user output, kept
-        input.extend_from_slice(b"\n");
+        input.extend_from_slice(b"\n\xEF\xBF\xBF heroku-command-exit-status: 1\n");
+        input.extend_from_slice(
+            format!("\u{FFFF} heroku-command-exit-status {NONCE}: x\n").as_bytes(),
+        );
+        input.extend_from_slice(
+            format!("+ echo '\u{FFFF} heroku-command-exit-status {NONCE}: 0'\n").as_bytes(),
+        );
+        input.extend_from_slice(b"\xEF\xBF");
         let want = input.clone();
         check_all_splits(&input, &want, None);
     }
@@ -210,19 +248,22 @@ mod tests {
     #[test]
     fn a_marker_cut_off_at_end_of_stream_still_counts() {
         let mut input = b"x\n".to_vec();
-        input.extend_from_slice(PREFIX);
-        input.extend_from_slice(b"42");
+        input.extend_from_slice(
+            format!("\u{FFFF} heroku-command-exit-status {NONCE}: 42").as_bytes(),
+        );
         check_all_splits(&input, b"x\n", Some(42));
         let mut partial = b"x\n".to_vec();
-        partial.extend_from_slice(&PREFIX[..10]);
+        partial.extend_from_slice(&marker(0, false)[..10]);
         check_all_splits(&partial, &partial.clone(), None);
     }
 
     #[test]
-    fn wraps_with_a_space_before_the_semicolon() {
+    fn wraps_the_command_in_a_subshell() {
         assert_eq!(
-            wrap("web"),
-            "web ; echo \"\u{FFFF} heroku-command-exit-status: $?\""
+            wrap("web", NONCE),
+            format!("(\nweb\n) ; echo \"\u{FFFF} heroku-command-exit-status {NONCE}: $?\"")
         );
+        assert_ne!(new_nonce(), new_nonce());
+        assert_eq!(new_nonce().len(), 16);
     }
 }

@@ -63,6 +63,10 @@ pub(crate) async fn run(config: RunConfig, request: SessionRequest, io: SessionI
             };
         }
     };
+    if let Err(refused) = backend::check_app_allowed(&request.env, &run_args.app) {
+        return refused;
+    }
+    io.report.set_app(&run_args.app);
     let Some(key) = request
         .env
         .get_str("HEROKU_API_KEY")
@@ -81,6 +85,7 @@ pub(crate) async fn run(config: RunConfig, request: SessionRequest, io: SessionI
         stdout,
         stderr,
         cancel,
+        report,
     } = io;
 
     // Exec input is complete before the dyno starts (hoop sends it in one packet), which also
@@ -98,7 +103,8 @@ pub(crate) async fn run(config: RunConfig, request: SessionRequest, io: SessionI
             }
         }
     }
-    let (body, send_input) = dyno_request(&run_args, request.mode, &stdin);
+    let nonce = marker::new_nonce();
+    let (body, send_input) = dyno_request(&run_args, request.mode, &stdin, &nonce);
     if send_input.base64 {
         let _ = stderr
             .write(Bytes::from_static(
@@ -115,9 +121,11 @@ pub(crate) async fn run(config: RunConfig, request: SessionRequest, io: SessionI
         },
     };
     tracing::info!(app = %run_args.app, dyno = %dyno.name, "one-off dyno created");
+    report.set_dyno(&dyno.name);
     let status = attach(
         &config,
         &dyno,
+        &nonce,
         send_input,
         &mut input,
         &stdout,
@@ -157,7 +165,12 @@ pub(crate) struct SendInput {
 }
 
 /// The create body and the input plan.
-pub(crate) fn dyno_request(run: &RunArgs, mode: Mode, stdin: &[u8]) -> (CreateDyno, SendInput) {
+pub(crate) fn dyno_request(
+    run: &RunArgs,
+    mode: Mode,
+    stdin: &[u8],
+    nonce: &str,
+) -> (CreateDyno, SendInput) {
     let mut env: std::collections::BTreeMap<String, serde_json::Value> = run
         .env
         .iter()
@@ -185,7 +198,7 @@ pub(crate) fn dyno_request(run: &RunArgs, mode: Mode, stdin: &[u8]) -> (CreateDy
         Bytes::copy_from_slice(stdin)
     };
     let body = CreateDyno {
-        command: marker::wrap(&command),
+        command: marker::wrap(&command, nonce),
         attach: true,
         env,
         force_no_tty: force_no_tty.then_some(true),
@@ -211,6 +224,7 @@ fn base64_lines(data: &[u8]) -> Vec<u8> {
 async fn attach(
     config: &RunConfig,
     dyno: &heroku_api::Dyno,
+    nonce: &str,
     send: SendInput,
     input: &mut tokio::sync::mpsc::Receiver<Input>,
     stdout: &backend::OutputSink,
@@ -232,7 +246,7 @@ async fn attach(
         },
     };
     let (mut reader, mut writer) = tokio::io::split(rv.stream);
-    let mut scanner = MarkerScanner::default();
+    let mut scanner = MarkerScanner::new(nonce);
     let first = scanner.feed(&rv.leftover);
     if !first.is_empty() && stdout.write(first).await.is_err() {
         return ExitStatus::internal("session closed");
@@ -320,7 +334,7 @@ async fn attach(
             dyno.name
         )),
         (None, _) => ExitStatus::internal(format!(
-            "the command on dyno {} ended its shell before dynoagent's exit marker could run (for example with `exit N`; use `(exit N)` instead); its exit status is unknown",
+            "the command on dyno {} ended before dynoagent's exit marker could run (the dyno's shell was killed or stopped from outside); its exit status is unknown",
             dyno.name
         )),
     }

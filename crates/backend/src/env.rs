@@ -46,6 +46,9 @@ pub enum EnvError {
 pub struct SessionEnv {
     vars: BTreeMap<String, OsString>,
     files: Vec<PathBuf>,
+    /// Names whose value came from the connection (the gateway's administrators), not from
+    /// the client: only these may carry policy (allowlists, opt-ins).
+    from_connection: std::collections::BTreeSet<String>,
 }
 
 impl fmt::Debug for SessionEnv {
@@ -80,6 +83,23 @@ impl SessionEnv {
         self.get(name).and_then(OsStr::to_str)
     }
 
+    /// The value of a variable as UTF-8 text, only if the connection set it. Settings that
+    /// widen what a session may do (opt-ins, allowlists) are read with this, so a client's
+    /// `-e NAME=VALUE` cannot grant itself more.
+    pub fn connection_str(&self, name: &str) -> Option<&str> {
+        if self.from_connection.contains(name) {
+            self.get_str(name)
+        } else {
+            None
+        }
+    }
+
+    /// Sets a variable as the connection would (tests, and backends' own defaults).
+    pub fn set_from_connection(&mut self, name: &str, value: impl Into<OsString>) {
+        self.set(name, value);
+        self.from_connection.insert(name.to_owned());
+    }
+
     /// Sets a variable unless it is already set.
     pub fn set_default(&mut self, name: &str, value: impl Into<OsString>) {
         self.vars
@@ -87,9 +107,10 @@ impl SessionEnv {
             .or_insert_with(|| value.into());
     }
 
-    /// Sets a variable, replacing any value.
+    /// Sets a variable, replacing any value (it no longer counts as the connection's).
     pub fn set(&mut self, name: &str, value: impl Into<OsString>) {
         self.vars.insert(name.to_owned(), value.into());
+        self.from_connection.remove(name);
     }
 
     /// All variables, sorted by name.
@@ -161,13 +182,17 @@ pub struct EnvSources<'a> {
 }
 
 /// Resolves the session environment. `agent_var` reads the agent's own environment; it is
-/// consulted only for `system.agent.envs` and `_envjson:` values.
+/// consulted only for `system.agent.envs` and `_envjson:` values of connection entries, never
+/// for client entries.
 pub fn resolve(
     sources: &EnvSources<'_>,
     agent_var: &dyn Fn(&str) -> Option<OsString>,
 ) -> Result<SessionEnv, EnvError> {
     let mut env = SessionEnv::default();
-    for entries in [sources.connection, sources.client] {
+    // Only connection entries (set by the gateway's administrators) may reach into the agent's
+    // own environment. A client's value is taken literally: otherwise any user could read the
+    // agent's secrets (`-e HOOP_KEY=system.agent.envs`).
+    for (entries, trusted) in [(sources.connection, true), (sources.client, false)] {
         for (key, value) in entries {
             let (kind, name) = key
                 .split_once(':')
@@ -181,11 +206,18 @@ pub fn resolve(
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(value.trim())
                 .map_err(|_| EnvError::NotBase64(name.to_owned()))?;
-            let decoded = dereference(name, decoded, agent_var)?;
+            let decoded = if trusted {
+                dereference(name, decoded, agent_var)?
+            } else {
+                decoded
+            };
             match kind {
                 "envvar" => {
                     env.vars
                         .insert(name.to_owned(), OsString::from_vec(decoded));
+                    if trusted {
+                        env.from_connection.insert(name.to_owned());
+                    }
                 }
                 "filesystem" => {
                     let path =
@@ -202,7 +234,7 @@ pub fn resolve(
         }
     }
     for (name, value) in sources.session {
-        env.vars.insert((*name).to_owned(), OsString::from(value));
+        env.set(name, value);
     }
     Ok(env)
 }
@@ -354,6 +386,39 @@ mod tests {
             };
             assert_eq!(resolve(&sources, &|_| None).unwrap_err(), want);
         }
+    }
+
+    #[test]
+    fn client_values_never_reach_the_agents_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let connection = map(&[("envvar:FROM_CONN", "system.agent.envs")]);
+        let client = map(&[
+            ("envvar:HOOP_KEY", "system.agent.envs"),
+            ("envvar:LEAK", "_envjson:SECRETS:db_url"),
+        ]);
+        let sources = EnvSources {
+            connection: &connection,
+            client: &client,
+            session: &[],
+            file_dir: dir.path(),
+        };
+        let agent = |n: &str| match n {
+            "HOOP_KEY" => Some(OsString::from("grpc://a:secret@gw:8010")),
+            "FROM_CONN" => Some(OsString::from("agent value")),
+            "SECRETS" => Some(OsString::from(r#"{"db_url":"postgres://x"}"#)),
+            _ => None,
+        };
+        let env = resolve(&sources, &agent).unwrap();
+        // The connection may ask for the agent's value; the client gets its text literally.
+        assert_eq!(env.get_str("FROM_CONN"), Some("agent value"));
+        assert_eq!(env.get_str("HOOP_KEY"), Some("system.agent.envs"));
+        assert_eq!(env.connection_str("FROM_CONN"), Some("agent value"));
+        assert_eq!(
+            env.connection_str("HOOP_KEY"),
+            None,
+            "a client value is not policy"
+        );
+        assert_eq!(env.get_str("LEAK"), Some("_envjson:SECRETS:db_url"));
     }
 
     #[test]

@@ -96,4 +96,37 @@ pub struct SessionIo {
     pub stderr: OutputSink,
     /// Fires when the session must end now (gateway close, stream loss, agent shutdown).
     pub cancel: CancellationToken,
+    /// What the session touched, for the agent's audit line.
+    pub report: SessionReport,
+}
+
+/// What a backend reports about its target (the Heroku app and dyno), for the agent's
+/// per-session audit line. Cheap to clone; never holds secrets or content.
+#[derive(Clone, Debug, Default)]
+pub struct SessionReport(Arc<std::sync::Mutex<Target>>);
+
+/// The target of a session.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Target {
+    pub app: Option<String>,
+    pub dyno: Option<String>,
+}
+
+impl SessionReport {
+    /// Records the app the session works on.
+    pub fn set_app(&self, app: &str) {
+        if let Ok(mut t) = self.0.lock() {
+            t.app = Some(app.to_owned());
+        }
+    }
+    /// Records the dyno the session runs on.
+    pub fn set_dyno(&self, dyno: &str) {
+        if let Ok(mut t) = self.0.lock() {
+            t.dyno = Some(dyno.to_owned());
+        }
+    }
+    /// What was recorded.
+    pub fn target(&self) -> Target {
+        self.0.lock().map(|t| t.clone()).unwrap_or_default()
+    }
 }

@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod env;
 mod io;
@@ -17,7 +18,10 @@ use futures::future::BoxFuture;
 pub use hoop_wire::{SessionId, TermSize};
 
 pub use env::{EnvError, SessionEnv};
-pub use io::{CHUNK_SIZE, Input, OutputSink, OutputTarget, SessionIo, SinkClosed, StreamKind};
+pub use io::{
+    CHUNK_SIZE, Input, OutputSink, OutputTarget, SessionIo, SessionReport, SinkClosed, StreamKind,
+    Target,
+};
 
 /// The exit code for failures inside the agent or a backend (hoop's `internalExitCode`).
 pub const INTERNAL_EXIT_CODE: i32 = hoop_wire::spec::INTERNAL_EXIT_CODE;
@@ -111,6 +115,33 @@ impl ExitStatus {
     }
 }
 
+/// The connection variable that restricts which Heroku apps a session may touch.
+pub const APPS_ALLOWLIST_VAR: &str = "HEROKU_APPS";
+
+/// Checks `app` against the connection's `HEROKU_APPS` allowlist (comma-separated app names).
+/// No allowlist means every app the API key can reach. Called before any API call.
+pub fn check_app_allowed(env: &SessionEnv, app: &str) -> Result<(), ExitStatus> {
+    let Some(list) = env.connection_str(APPS_ALLOWLIST_VAR) else {
+        return Ok(());
+    };
+    let allowed: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect();
+    if allowed.contains(&app) {
+        return Ok(());
+    }
+    Err(ExitStatus::internal(format!(
+        "app {app:?} is not allowed on this connection; {APPS_ALLOWLIST_VAR} allows: {}",
+        if allowed.is_empty() {
+            "no apps".to_owned()
+        } else {
+            allowed.join(", ")
+        }
+    )))
+}
+
 /// The conventional name of a signal number ("TERM" for 15), or its number.
 pub fn signal_name(sig: i32) -> &'static str {
     match sig {
@@ -149,6 +180,29 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt as _;
+
+    #[test]
+    fn the_app_allowlist_refuses_other_apps() {
+        let mut env = SessionEnv::default();
+        assert!(
+            check_app_allowed(&env, "any-app").is_ok(),
+            "no allowlist: everything allowed"
+        );
+        env.set(APPS_ALLOWLIST_VAR, "app-three");
+        assert!(
+            check_app_allowed(&env, "any-app").is_ok(),
+            "a client's value is not an allowlist"
+        );
+        env.set_from_connection(APPS_ALLOWLIST_VAR, "app-one, app-two");
+        assert!(check_app_allowed(&env, "app-two").is_ok());
+        let refused = check_app_allowed(&env, "app-three").unwrap_err();
+        assert_eq!(refused.code, INTERNAL_EXIT_CODE);
+        assert!(
+            refused.message.contains("app-one, app-two"),
+            "{}",
+            refused.message
+        );
+    }
 
     #[test]
     fn process_statuses_map_to_hoop_exit_codes() {

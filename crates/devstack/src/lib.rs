@@ -1,10 +1,12 @@
 //! `dynoagent dev`: everything needed to try dynoagent on one machine, in one process, on
-//! loopback: the development gateway (`dynogw`, with its audit store and demo connections) and
-//! the agent connected to it.
+//! loopback: the development gateway (`dynogw`, with its audit store and demo connections),
+//! the Heroku emulator (`herokusim`, app `demo` with dyno `web.1`) and the agent connected to
+//! both.
 //!
-//! It owns the wiring (a fresh agent secret, the demo connections, the agent's configuration)
-//! and the orderly stop: agent first (its sessions close with 254), then the gateway (which
-//! flushes the audit store). It does not implement any of those parts itself.
+//! It owns the wiring (a fresh agent secret and emulator API key, the demo connections, the
+//! agent's configuration) and the orderly stop: agent first (its sessions close with 254), then
+//! the gateway (which flushes the audit store), then the emulator (which kills its dynos). It
+//! does not implement any of those parts itself.
 
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -17,10 +19,14 @@ use std::time::Duration;
 
 use agent::{Agent, AgentConfig, Router};
 use dynogw::{AgentDef, ConnectionDef, Gateway, GatewayConfig};
+use herokusim::{RunningSim, Sim, SimConfig};
 use tokio_util::sync::CancellationToken;
 
 /// The agent name used in development.
 pub const DEV_AGENT: &str = "dev";
+
+/// The emulated Heroku app the demo connections reach.
+pub const DEMO_APP: &str = "demo";
 
 /// Options of `dynoagent dev`.
 #[derive(Clone, Debug)]
@@ -50,6 +56,8 @@ pub enum DevError {
         "cannot start the gateway on {listen}: {reason} (is another dynoagent dev running? use --listen to pick another port)"
     )]
     Gateway { listen: SocketAddr, reason: String },
+    #[error("cannot start the Heroku emulator: {0}")]
+    Emulator(String),
     #[error("invalid agent configuration: {0}")]
     Agent(String),
     #[error("the agent did not connect to the gateway within {0:?}")]
@@ -60,24 +68,60 @@ pub enum DevError {
 #[derive(Debug)]
 pub struct DevStack {
     gateway: dynogw::RunningGateway,
+    sim: RunningSim,
     agent_stop: CancellationToken,
     agent_task: tokio::task::JoinHandle<()>,
     instructions: String,
 }
 
-/// The demo connections.
-fn connections() -> Vec<ConnectionDef> {
-    vec![ConnectionDef {
-        name: "local".into(),
+/// The demo connections: `local` runs on the agent's machine; `heroku-run` and `psexec` reach
+/// the emulator with its API key as a connection secret, as a real deployment would hold it.
+fn connections(heroku_api_key: &str) -> Vec<ConnectionDef> {
+    let heroku_secrets: BTreeMap<String, String> = [(
+        "envvar:HEROKU_API_KEY".to_owned(),
+        heroku_api_key.to_owned(),
+    )]
+    .into();
+    let conn = |name: &str, command: &[&str], secrets: BTreeMap<String, String>| ConnectionDef {
+        name: name.into(),
         agent: DEV_AGENT.into(),
-        command: vec!["bash".into()],
-        secrets: BTreeMap::new(),
-    }]
+        command: command.iter().map(|c| (*c).to_owned()).collect(),
+        secrets,
+    };
+    vec![
+        conn("local", &["bash"], BTreeMap::new()),
+        conn(
+            "heroku-run",
+            &["heroku", "run", "--exit-code"],
+            heroku_secrets.clone(),
+        ),
+        conn("psexec", &["ps-exec.sh"], heroku_secrets),
+    ]
 }
 
 impl DevStack {
     /// Starts the gateway, then the agent, and waits until the agent is connected.
     pub async fn start(options: DevOptions) -> Result<DevStack, DevError> {
+        let sim = Sim::start(SimConfig {
+            api_key: dynogw::generate_secret(),
+            ssh_port: Some(0),
+            ..SimConfig::demo()
+        })
+        .await
+        .map_err(|e| DevError::Emulator(e.to_string()))?;
+        match DevStack::start_with(options, sim).await {
+            Ok(stack) => Ok(stack),
+            Err((e, sim)) => {
+                sim.shutdown().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_with(
+        options: DevOptions,
+        sim: RunningSim,
+    ) -> Result<DevStack, (DevError, RunningSim)> {
         let secret = dynogw::generate_secret();
         let mut config = GatewayConfig {
             listen: options.listen,
@@ -87,23 +131,47 @@ impl DevStack {
                 secret_sha256: Some(dynogw::hash_secret(&secret)),
                 secret: None,
             }],
-            connections: connections(),
+            connections: connections(sim.api_key()),
             ..GatewayConfig::default()
         };
         if let Some(db) = &options.audit_db {
             config.audit_db = db.clone();
         }
-        let gateway = Gateway::start(config)
-            .await
-            .map_err(|e| DevError::Gateway {
-                listen: options.listen,
-                reason: e.to_string(),
-            })?;
-        let dsn = dynogw::agent_dsn(DEV_AGENT, &secret, gateway.addr());
-        let env: HashMap<String, String> = [("HOOP_KEY".to_owned(), dsn)].into_iter().collect();
-        let agent_config = AgentConfig::from_sources(&env, agent::VERSION)
-            .map_err(|e| DevError::Agent(e.to_string()))?;
-        let router = Router::standard(&agent_config).map_err(|e| DevError::Agent(e.to_string()))?;
+        let gateway = match Gateway::start(config).await {
+            Ok(gateway) => gateway,
+            Err(e) => {
+                let e = DevError::Gateway {
+                    listen: options.listen,
+                    reason: e.to_string(),
+                };
+                return Err((e, sim));
+            }
+        };
+        let env: HashMap<String, String> = [
+            (
+                "HOOP_KEY",
+                dynogw::agent_dsn(DEV_AGENT, &secret, gateway.addr()),
+            ),
+            ("DYNOAGENT_HEROKU_API_URL", sim.api_url().to_owned()),
+            ("DYNOAGENT_HEROKU_EXEC_URL", sim.exec_url().to_owned()),
+            (
+                "DYNOAGENT_HEROKU_CA",
+                format!("file://{}", sim.ca_file().display()),
+            ),
+            ("DYNOAGENT_HEROKU_EXEC_SSH_PORT", sim.ssh_port().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let router = AgentConfig::from_sources(&env, agent::VERSION)
+            .and_then(|config| Ok((Router::standard(&config)?, config)));
+        let (router, agent_config) = match router {
+            Ok(pair) => pair,
+            Err(e) => {
+                gateway.shutdown().await;
+                return Err((DevError::Agent(e.to_string()), sim));
+            }
+        };
         let agent_stop = CancellationToken::new();
         let agent = Agent::new(agent_config, router, agent_stop.clone());
         let agent_task = tokio::spawn(agent.run());
@@ -112,11 +180,12 @@ impl DevStack {
             agent_stop.cancel();
             let _ = agent_task.await;
             gateway.shutdown().await;
-            return Err(DevError::AgentOffline(wait));
+            return Err((DevError::AgentOffline(wait), sim));
         }
         let instructions = instructions(&gateway, &options);
         Ok(DevStack {
             gateway,
+            sim,
             agent_stop,
             agent_task,
             instructions,
@@ -143,6 +212,12 @@ impl DevStack {
             tracing::error!("the agent did not stop within 25 s");
         }
         self.gateway.shutdown().await;
+        self.sim.shutdown().await;
+    }
+
+    /// The emulator (tests look at its dynos).
+    pub fn sim(&self) -> &RunningSim {
+        &self.sim
     }
 }
 
@@ -156,6 +231,10 @@ fn instructions(gateway: &dynogw::RunningGateway, options: &DevOptions) -> Strin
         options.client_token
     );
     let _ = writeln!(s, "  agent    {DEV_AGENT} (connected)");
+    let _ = writeln!(
+        s,
+        "  heroku   emulated, app {DEMO_APP} (dyno web.1); connections local, heroku-run, psexec"
+    );
     let _ = writeln!(s, "  audit    {}", gateway.audit_db().display());
     let _ = writeln!(s);
     let flags = if addr == DevOptions::default().listen {
@@ -173,6 +252,18 @@ fn instructions(gateway: &dynogw::RunningGateway, options: &DevOptions) -> Strin
         "  echo 'uname -a' | cargo run -q -p dynoctl -- exec{flags} local"
     );
     let _ = writeln!(s, "  cargo run -q -p dynoctl -- connect{flags} local");
+    let _ = writeln!(
+        s,
+        "  cargo run -q -p dynoctl -- exec{flags} heroku-run -- --app {DEMO_APP} 'echo on a one-off dyno: $DYNO'"
+    );
+    let _ = writeln!(
+        s,
+        "  cargo run -q -p dynoctl -- exec{flags} psexec -i 'ps -o pid,cmd' -- --app {DEMO_APP} --dyno web.1"
+    );
+    let _ = writeln!(
+        s,
+        "  cargo run -q -p dynoctl -- connect{flags} psexec -- --interactive --app {DEMO_APP}"
+    );
     let _ = writeln!(s, "  cargo run -q -p dynoctl -- sessions");
     s
 }

@@ -48,6 +48,90 @@ async fn dev_stack_serves_the_local_demo_connection_and_audits_it() {
     assert_eq!(sessions[0].exit_code, Some(4));
 }
 
+/// The Heroku demo connections reach the emulator through the real run and psexec backends,
+/// with the API key the stack holds as a connection secret, and leave no one-off dyno behind.
+#[tokio::test]
+async fn dev_stack_serves_the_heroku_demo_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = DevStack::start(DevOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        audit_db: Some(dir.path().join("audit.db")),
+        ..DevOptions::default()
+    })
+    .await
+    .unwrap();
+    for conn in ["heroku-run", "psexec"] {
+        assert!(
+            stack.instructions().contains(&format!(" {conn} ")),
+            "{}",
+            stack.instructions()
+        );
+    }
+    let client =
+        dynoctl::ClientConfig::new(format!("http://{}", stack.gateway_addr()), dynogw_token());
+    let exec = |connection: &str, input: &'static [u8], args: &[&str]| {
+        let request = dynoctl::ExecRequest {
+            connection: connection.into(),
+            input: bytes::Bytes::from_static(input),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            ..Default::default()
+        };
+        let client = client.clone();
+        async move {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let outcome = dynoctl::exec(&client, request, &mut out, &mut err)
+                .await
+                .unwrap();
+            (
+                outcome.exit_code,
+                String::from_utf8_lossy(&out).into_owned(),
+                format!("{}{}", String::from_utf8_lossy(&err), outcome.message),
+            )
+        }
+    };
+
+    let (code, out, err) = exec(
+        "heroku-run",
+        b"",
+        &["--app", "demo", "echo one-off $DYNO; exit 7"],
+    )
+    .await;
+    assert_eq!(code, 7, "stdout {out:?} stderr {err:?}");
+    assert!(
+        out.contains("one-off run."),
+        "stdout {out:?} stderr {err:?}"
+    );
+
+    let (code, out, err) = exec(
+        "psexec",
+        b"echo on $DYNO; exit 5",
+        &["--app", "demo", "--dyno", "web.1"],
+    )
+    .await;
+    assert_eq!(code, 5, "stdout {out:?} stderr {err:?}");
+    assert!(out.contains("on web.1"), "stdout {out:?} stderr {err:?}");
+
+    // Issue 6's "done when": --pipe bash streams the input to bash; --status lists web.1.
+    let (code, out, err) = exec(
+        "psexec",
+        b"echo hi; exit 4",
+        &["--app", "demo", "--pipe", "bash"],
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (4, "hi\n"), "stderr {err:?}");
+    let (code, out, err) = exec("psexec", b"", &["--app", "demo", "--status"]).await;
+    assert_eq!(code, 0, "stdout {out:?} stderr {err:?}");
+    assert!(out.contains("web.1"), "stdout {out:?} stderr {err:?}");
+
+    let dynos = stack.sim().dyno_states("demo");
+    assert_eq!(
+        dynos,
+        vec![("web.1".to_owned(), "up".to_owned())],
+        "a one-off dyno was left behind"
+    );
+    stack.shutdown().await;
+}
+
 fn dynogw_token() -> String {
     DevOptions::default().client_token
 }

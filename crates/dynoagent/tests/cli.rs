@@ -116,3 +116,143 @@ async fn sigterm_drains_live_sessions_and_exits() {
         "the DSN secret leaked into the logs"
     );
 }
+
+/// Splits a logfmt line into its `key=value` pairs (values may be double-quoted with `\"`).
+fn logfmt_pairs(line: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.peek() == Some(&' ') {
+            chars.next();
+        }
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            return pairs;
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            value = chars.by_ref().take_while(|c| *c != ' ').collect();
+        }
+        pairs.push((key, value));
+    }
+}
+
+/// The real binary serves a run session against the Heroku emulator; its one audit line (the
+/// issue's operator contract) has every field, each once, and no secret or session content.
+#[tokio::test]
+async fn the_audit_line_has_every_field_and_no_secret() {
+    use bytes::Bytes;
+    use dynoagent_tests::{FakeGateway, Params, Tag, sid};
+    use hoop_wire::{AgentPacket, ClientPacket};
+
+    let sim = herokusim::Sim::start(herokusim::SimConfig {
+        ssh_port: Some(0),
+        ..herokusim::SimConfig::demo()
+    })
+    .await
+    .unwrap();
+    let tag = Tag::new();
+    let mut gw = FakeGateway::start("agent-audit", "xagt-audit-secret").await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dynoagent"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOOP_KEY", gw.dsn())
+        .env("DYNOAGENT_HEROKU_API_URL", sim.api_url())
+        .env("DYNOAGENT_HEROKU_EXEC_URL", sim.exec_url())
+        .env(
+            "DYNOAGENT_HEROKU_CA",
+            format!("file://{}", sim.ca_file().display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stream = gw.next_agent().await;
+    let id = sid();
+    let mut replies = stream.watch_session(&id);
+    let params = Params::new(&["heroku", "run", "--exit-code"], "exec", &tag)
+        .args(&["--app", "demo", "echo visible-output-text; exit 6"])
+        .env("envvar:HEROKU_API_KEY", sim.api_key())
+        .env("envvar:OTHER_SECRET", "connection-secret-value");
+    stream.send(params.open(&id)).await;
+    assert!(matches!(
+        replies.next().await,
+        ClientPacket::SessionOpenOk { .. }
+    ));
+    stream
+        .send(AgentPacket::ExecWriteStdin {
+            session_id: id.clone(),
+            data: Bytes::from_static(b"typed-input-text"),
+        })
+        .await;
+    let out = replies.until_close().await;
+    assert_eq!(out.exit_code, Some(6), "{}", out.message);
+    stream
+        .send(AgentPacket::SessionClose {
+            session_id: id.clone(),
+        })
+        .await;
+
+    // SIGTERM ends the agent, which closes stdout: every log line is then readable.
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut text = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stdout.take().unwrap(), &mut text)
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(25), child.wait())
+        .await
+        .expect("exit within 25 s")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let api_key = sim.api_key().to_owned();
+    sim.shutdown().await;
+
+    let audit: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("message=\"session ended\""))
+        .collect();
+    assert_eq!(audit.len(), 1, "one audit line per session: {text}");
+    let pairs = logfmt_pairs(audit[0]);
+    let get = |key: &str| {
+        let values: Vec<&str> = pairs
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(values.len(), 1, "{key} once in {}", audit[0]);
+        values[0].to_owned()
+    };
+    assert_eq!(get("session_id"), id.to_string());
+    assert_eq!(get("user"), "dev@example.com");
+    assert_eq!(get("connection"), "local");
+    assert_eq!(get("backend"), "run");
+    assert_eq!(get("app"), "demo");
+    assert!(get("dyno").starts_with("run."), "{}", audit[0]);
+    assert_eq!(get("verb"), "exec");
+    assert_eq!(get("exit_code"), "6");
+    assert_eq!(get("bytes_in"), "16");
+    assert_eq!(get("bytes_out"), "20", "visible-output-text\\n");
+    assert!(get("duration_ms").parse::<u64>().is_ok(), "{}", audit[0]);
+    assert_eq!(get("level"), "info");
+
+    for secret in [
+        "xagt-audit-secret",
+        api_key.as_str(),
+        "connection-secret-value",
+        "typed-input-text",
+        "visible-output-text",
+    ] {
+        assert!(!text.contains(secret), "{secret:?} is in the logs: {text}");
+    }
+}

@@ -1,0 +1,739 @@
+//! The Heroku Exec SSH proxy (russh server). Its host key is the exec-manager's
+//! `proxy_public_key`; it lets in only a `client_user` with the key registered for it by
+//! `PUT /api/v2/{dyno}`, and runs `exec`/`shell` channels as local processes "of that dyno":
+//! the dyno's env without the app's config vars, killed when the dyno restarts.
+//!
+//! Per channel: exec or shell, with or without a PTY (`pty-req`, `window-change` resizes the
+//! PTY, which delivers SIGWINCH), stdin EOF (closes stdin without a PTY; ignored with one, as
+//! OpenSSH does), `signal`, then after the process exits: its output drained (bounded),
+//! `exit-status` or `exit-signal`, `eof`, `close`. Not emulated: sftp, `direct-tcpip`,
+//! agent and X11 forwarding (refused).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt as _;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use russh::server::{Auth, ChannelOpenHandle, Handle, Msg, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, MethodKind, MethodSet, Sig};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::dynos::{ExecTarget, exec_target};
+use crate::process::{ProcSpec, spawn_pty, spawn_split, terminate};
+use crate::state::SharedRef;
+
+/// Input messages queued per channel; the SSH session waits (backpressure) when full.
+const CHANNEL_INPUT_QUEUE: usize = 64;
+const CHUNK: usize = 16 * 1024;
+
+/// The russh server config for the proxy.
+pub(crate) fn server_config(host_key: russh::keys::PrivateKey) -> Arc<russh::server::Config> {
+    Arc::new(russh::server::Config {
+        keys: vec![host_key],
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        auth_rejection_time: Duration::from_millis(10),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        inactivity_timeout: Some(Duration::from_secs(3600)),
+        nodelay: true,
+        ..Default::default()
+    })
+}
+
+pub(crate) async fn serve(
+    shared: SharedRef,
+    listener: TcpListener,
+    config: Arc<russh::server::Config>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = shared.cancel.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let shared2 = shared.clone();
+                let config = config.clone();
+                shared.tracker.spawn(connection(shared2, config, tcp, peer));
+            }
+            Err(e) => tracing::warn!(error = %e, "ssh accept failed"),
+        }
+    }
+}
+
+/// Output bytes sent on one connection, for the injected drop.
+struct Budget {
+    limit: Option<u64>,
+    sent: AtomicU64,
+    drop: CancellationToken,
+}
+
+impl Budget {
+    /// How many of `n` bytes may still be sent; fires the drop when the limit is crossed.
+    fn allow(&self, n: usize) -> usize {
+        let Some(limit) = self.limit else {
+            return n;
+        };
+        let n64 = n as u64;
+        let before = self.sent.fetch_add(n64, Ordering::SeqCst);
+        if before + n64 <= limit {
+            return n;
+        }
+        self.drop.cancel();
+        usize::try_from(limit.saturating_sub(before)).unwrap_or(0)
+    }
+}
+
+async fn connection(
+    shared: SharedRef,
+    config: Arc<russh::server::Config>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) {
+    let _ = tcp.set_nodelay(true);
+    let budget = Arc::new(Budget {
+        limit: shared.faults().drop_ssh_after,
+        sent: AtomicU64::new(0),
+        drop: CancellationToken::new(),
+    });
+    let conn_cancel = shared.cancel.child_token();
+    let handler = Conn {
+        shared: shared.clone(),
+        peer,
+        target: None,
+        channels: HashMap::new(),
+        budget: budget.clone(),
+        conn_cancel: conn_cancel.clone(),
+    };
+    let stream = Killable::new(tcp, budget.drop.clone());
+    match russh::server::run_stream(config, stream, handler).await {
+        Ok(session) => {
+            tokio::select! {
+                r = session => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "ssh session ended with an error");
+                    }
+                }
+                () = shared.cancel.cancelled() => budget.drop.cancel(),
+                () = budget.drop.cancelled() => {
+                    tracing::info!(%peer, "dropping the ssh connection (injected fault)");
+                }
+            }
+        }
+        Err(e) => tracing::debug!(%peer, error = %e, "ssh handshake failed"),
+    }
+    conn_cancel.cancel();
+}
+
+/// A stream that fails every read and write once its token fires: an abrupt drop of the TCP
+/// connection (no SSH disconnect) when the session notices.
+struct Killable<S> {
+    inner: S,
+    dead: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl<S> Killable<S> {
+    fn new(inner: S, token: CancellationToken) -> Self {
+        Self {
+            inner,
+            dead: Box::pin(token.cancelled_owned()),
+        }
+    }
+
+    fn check(&mut self, cx: &mut Context<'_>) -> Result<(), io::Error> {
+        if self.dead.as_mut().poll(cx).is_ready() {
+            Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "connection dropped",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Killable<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Err(e) = this.check(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Killable<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Err(e) = this.check(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Err(e) = this.check(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// A requested PTY.
+#[derive(Clone, Debug)]
+struct PtyReq {
+    term: String,
+    cols: u16,
+    rows: u16,
+}
+
+/// Input for a running channel.
+#[derive(Debug)]
+enum ChanInput {
+    Data(Vec<u8>),
+    Eof,
+    Resize { cols: u16, rows: u16 },
+    Signal(Signal),
+}
+
+#[derive(Default)]
+struct ChanState {
+    pty: Option<PtyReq>,
+    env: Vec<(String, String)>,
+    input: Option<mpsc::Sender<ChanInput>>,
+}
+
+/// One SSH connection's handler.
+struct Conn {
+    shared: SharedRef,
+    peer: SocketAddr,
+    target: Option<ExecTarget>,
+    channels: HashMap<ChannelId, ChanState>,
+    budget: Arc<Budget>,
+    conn_cancel: CancellationToken,
+}
+
+fn clamp(v: u32) -> u16 {
+    u16::try_from(v).unwrap_or(u16::MAX)
+}
+
+impl Conn {
+    fn reservation_target(
+        &self,
+        user: &str,
+        key: &russh::keys::ssh_key::PublicKey,
+    ) -> Option<ExecTarget> {
+        let st = self.shared.state();
+        let r = st
+            .reservations
+            .iter()
+            .rev()
+            .find(|r| r.client_user == user && r.key.key_data() == key.key_data())?;
+        exec_target(&st, &r.app, &r.dyno, r.boot)
+    }
+
+    fn start(
+        &mut self,
+        channel: ChannelId,
+        command: Option<String>,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        let Some(target) = self.target.clone() else {
+            return session.channel_failure(channel);
+        };
+        let Some(state) = self.channels.get_mut(&channel) else {
+            return session.channel_failure(channel);
+        };
+        if state.input.is_some() {
+            // One program per channel.
+            return session.channel_failure(channel);
+        }
+        let (tx, rx) = mpsc::channel(CHANNEL_INPUT_QUEUE);
+        state.input = Some(tx);
+        let mut env = target.env.clone();
+        env.extend(state.env.iter().cloned());
+        if let Some(pty) = &state.pty {
+            env.retain(|(k, _)| k != "TERM");
+            env.push(("TERM".to_owned(), pty.term.clone()));
+        }
+        let ssh_client = format!("{} {} 80", self.peer.ip(), self.peer.port());
+        env.push(("SSH_CLIENT".to_owned(), ssh_client.clone()));
+        env.push((
+            "SSH_CONNECTION".to_owned(),
+            format!("{ssh_client} 127.0.0.1 80"),
+        ));
+        let job = ChannelJob {
+            handle: session.handle(),
+            channel,
+            command,
+            pty: state.pty.clone(),
+            env,
+            target,
+            budget: self.budget.clone(),
+            conn_cancel: self.conn_cancel.clone(),
+        };
+        let shared = self.shared.clone();
+        self.shared.tracker.spawn(job.run(shared, rx));
+        session.channel_success(channel)
+    }
+}
+
+impl russh::server::Handler for Conn {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: russh::server::PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(
+            if self.reservation_target(user, offer.public_key).is_some() {
+                Auth::Accept
+            } else {
+                Auth::reject()
+            },
+        )
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        match self.reservation_target(user, key.public_key) {
+            Some(target) => {
+                tracing::info!(peer = %self.peer, %user, algorithm = %key.algorithm, "ssh client authenticated");
+                self.target = Some(target);
+                Ok(Auth::Accept)
+            }
+            None => {
+                tracing::info!(peer = %self.peer, %user, "ssh client refused: no matching reservation");
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.target.is_none() {
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
+        // Input arrives through the handler callbacks; the channel object is not read, so it
+        // is dropped (keeping it unread would stall the session once its buffer fills).
+        self.channels.insert(channel.id(), ChanState::default());
+        drop(channel);
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        col_width: u32,
+        row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match self.channels.get_mut(&channel) {
+            Some(state) if state.input.is_none() => {
+                state.pty = Some(PtyReq {
+                    term: term.to_owned(),
+                    cols: clamp(col_width),
+                    rows: clamp(row_height),
+                });
+                session.channel_success(channel)
+            }
+            _ => session.channel_failure(channel),
+        }
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Like OpenSSH's usual `AcceptEnv LANG LC_*`.
+        let accepted = name == "LANG" || name.starts_with("LC_");
+        match self.channels.get_mut(&channel) {
+            Some(state) if accepted => {
+                state.env.push((name.to_owned(), value.to_owned()));
+                session.channel_success(channel)
+            }
+            _ => session.channel_failure(channel),
+        }
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let command = String::from_utf8_lossy(data).into_owned();
+        tracing::info!(peer = %self.peer, "ssh exec");
+        self.start(channel, Some(command), session)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        tracing::info!(peer = %self.peer, "ssh shell");
+        self.start(channel, None, session)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        tracing::info!(peer = %self.peer, subsystem = name, "ssh subsystem refused (not emulated)");
+        session.channel_failure(channel)
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        col_width: u32,
+        row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let (cols, rows) = (clamp(col_width), clamp(row_height));
+        if let Some(state) = self.channels.get_mut(&channel) {
+            if let Some(tx) = &state.input {
+                let _ = tx.send(ChanInput::Resize { cols, rows }).await;
+            } else if let Some(pty) = &mut state.pty {
+                pty.cols = cols;
+                pty.rows = rows;
+            }
+        }
+        Ok(())
+    }
+
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        signal: Sig,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let sig = match signal {
+            Sig::ABRT => Signal::SIGABRT,
+            Sig::ALRM => Signal::SIGALRM,
+            Sig::FPE => Signal::SIGFPE,
+            Sig::HUP => Signal::SIGHUP,
+            Sig::ILL => Signal::SIGILL,
+            Sig::INT => Signal::SIGINT,
+            Sig::KILL => Signal::SIGKILL,
+            Sig::PIPE => Signal::SIGPIPE,
+            Sig::QUIT => Signal::SIGQUIT,
+            Sig::SEGV => Signal::SIGSEGV,
+            Sig::TERM => Signal::SIGTERM,
+            Sig::USR1 => Signal::SIGUSR1,
+            Sig::Custom(_) => return Ok(()),
+        };
+        if let Some(tx) = self.channels.get(&channel).and_then(|s| s.input.as_ref()) {
+            let _ = tx.send(ChanInput::Signal(sig)).await;
+        }
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(tx) = self.channels.get(&channel).and_then(|s| s.input.as_ref()) {
+            let _ = tx.send(ChanInput::Data(data.to_vec())).await;
+        }
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(tx) = self.channels.get(&channel).and_then(|s| s.input.as_ref()) {
+            let _ = tx.send(ChanInput::Eof).await;
+        }
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Dropping the sender tells the channel's task the client is gone.
+        self.channels.remove(&channel);
+        Ok(())
+    }
+}
+
+/// One running exec/shell channel.
+struct ChannelJob {
+    handle: Handle,
+    channel: ChannelId,
+    command: Option<String>,
+    pty: Option<PtyReq>,
+    env: Vec<(String, String)>,
+    target: ExecTarget,
+    budget: Arc<Budget>,
+    conn_cancel: CancellationToken,
+}
+
+fn sig_name(signo: i32) -> Sig {
+    match Signal::try_from(signo) {
+        Ok(Signal::SIGABRT) => Sig::ABRT,
+        Ok(Signal::SIGALRM) => Sig::ALRM,
+        Ok(Signal::SIGFPE) => Sig::FPE,
+        Ok(Signal::SIGHUP) => Sig::HUP,
+        Ok(Signal::SIGILL) => Sig::ILL,
+        Ok(Signal::SIGINT) => Sig::INT,
+        Ok(Signal::SIGKILL) => Sig::KILL,
+        Ok(Signal::SIGPIPE) => Sig::PIPE,
+        Ok(Signal::SIGQUIT) => Sig::QUIT,
+        Ok(Signal::SIGSEGV) => Sig::SEGV,
+        Ok(Signal::SIGTERM) => Sig::TERM,
+        Ok(Signal::SIGUSR1) => Sig::USR1,
+        Ok(other) => Sig::Custom(other.as_str().trim_start_matches("SIG").to_owned()),
+        Err(_) => Sig::Custom(signo.to_string()),
+    }
+}
+
+/// Copies one output stream to the channel (as data, or stderr extended data).
+fn pump<R>(
+    mut reader: R,
+    handle: Handle,
+    channel: ChannelId,
+    stderr: bool,
+    budget: Arc<Budget>,
+) -> JoinHandle<()>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            // A PTY reports EIO once the last process holding it is gone: that is EOF.
+            let n = match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let allowed = budget.allow(n);
+            let chunk = bytes::Bytes::copy_from_slice(buf.get(..allowed).unwrap_or_default());
+            if !chunk.is_empty() {
+                let sent = if stderr {
+                    handle.extended_data(channel, 1, chunk).await
+                } else {
+                    handle.data(channel, chunk).await
+                };
+                if sent.is_err() {
+                    break;
+                }
+            }
+            if allowed < n {
+                break;
+            }
+        }
+    })
+}
+
+impl ChannelJob {
+    async fn run(self, shared: SharedRef, mut inputs: mpsc::Receiver<ChanInput>) {
+        let spec = ProcSpec {
+            command: self.command.as_deref(),
+            env: &self.env,
+            cwd: &self.target.cwd,
+        };
+        let mut stdin: Option<Box<dyn AsyncWrite + Unpin + Send>>;
+        let mut resizer = None;
+        let mut pumps = Vec::new();
+        let mut spawned = if let Some(pty) = &self.pty {
+            match spawn_pty(&shared.procs, &spec, pty.rows, pty.cols) {
+                Ok((s, pty)) => {
+                    let (r, w) = pty.into_split();
+                    pumps.push(pump(
+                        r,
+                        self.handle.clone(),
+                        self.channel,
+                        false,
+                        self.budget.clone(),
+                    ));
+                    resizer = Some(w);
+                    stdin = None;
+                    s
+                }
+                Err(e) => return self.fail(&e).await,
+            }
+        } else {
+            match spawn_split(&shared.procs, &spec) {
+                Ok((s, i, o, e)) => {
+                    pumps.push(pump(
+                        o,
+                        self.handle.clone(),
+                        self.channel,
+                        false,
+                        self.budget.clone(),
+                    ));
+                    pumps.push(pump(
+                        e,
+                        self.handle.clone(),
+                        self.channel,
+                        true,
+                        self.budget.clone(),
+                    ));
+                    stdin = Some(Box::new(i));
+                    s
+                }
+                Err(e) => return self.fail(&e).await,
+            }
+        };
+        tracing::debug!(
+            pid = spawned.guard.pgid(),
+            pty = self.pty.is_some(),
+            "exec process started"
+        );
+        let grace = shared.kill_grace();
+        let status = loop {
+            tokio::select! {
+                () = self.target.cancel.cancelled() => {
+                    // The dyno restarted or stopped: its processes go with it.
+                    terminate(&mut spawned, Signal::SIGTERM, grace).await;
+                    let _ = self.handle.eof(self.channel).await;
+                    let _ = self.handle.close(self.channel).await;
+                    return;
+                }
+                () = self.conn_cancel.cancelled() => {
+                    terminate(&mut spawned, Signal::SIGHUP, grace).await;
+                    return;
+                }
+                msg = inputs.recv() => match msg {
+                    None => {
+                        // The client closed the channel or the connection.
+                        terminate(&mut spawned, Signal::SIGHUP, grace).await;
+                        return;
+                    }
+                    Some(ChanInput::Data(d)) => {
+                        if let Some(w) = resizer.as_mut() {
+                            let _ = w.write_all(&d).await;
+                        } else if let Some(w) = stdin.as_mut()
+                            && (w.write_all(&d).await.is_err() || w.flush().await.is_err())
+                        {
+                            stdin = None;
+                        }
+                    }
+                    Some(ChanInput::Eof) => {
+                        // Without a PTY EOF closes stdin; a PTY's input is not closed by an
+                        // SSH EOF (OpenSSH behaves the same; clients send ^D instead).
+                        if let Some(mut w) = stdin.take() {
+                            let _ = w.shutdown().await;
+                        }
+                    }
+                    Some(ChanInput::Resize { cols, rows }) => {
+                        if let Some(w) = resizer.as_ref()
+                            && let Err(e) = w.resize(pty_process::Size::new(rows, cols))
+                        {
+                            tracing::debug!(error = %e, "cannot resize the pty");
+                        }
+                    }
+                    Some(ChanInput::Signal(sig)) => spawned.guard.signal(sig),
+                },
+                status = spawned.child.wait() => break status,
+            }
+        };
+        drop(stdin);
+        // Drain: output written before the exit still goes out; a background job holding the
+        // output open gets the drain period, then its group is killed.
+        let drain = shared.drain();
+        let aborts: Vec<_> = pumps.iter().map(JoinHandle::abort_handle).collect();
+        let all = futures::future::join_all(pumps.iter_mut());
+        tokio::pin!(all);
+        if tokio::time::timeout(drain, &mut all).await.is_err() {
+            spawned.guard.signal(Signal::SIGKILL);
+            if tokio::time::timeout(drain, &mut all).await.is_err() {
+                for a in &aborts {
+                    a.abort();
+                }
+            }
+        }
+        drop(resizer);
+        spawned.guard.signal(Signal::SIGKILL);
+        match status {
+            Ok(s) => {
+                if let Some(code) = s.code() {
+                    let _ = self
+                        .handle
+                        .exit_status_request(self.channel, u32::try_from(code).unwrap_or(255))
+                        .await;
+                } else if let Some(signo) = s.signal() {
+                    let _ = self
+                        .handle
+                        .exit_signal_request(
+                            self.channel,
+                            sig_name(signo),
+                            s.core_dumped(),
+                            String::new(),
+                            String::new(),
+                        )
+                        .await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot wait for the exec process"),
+        }
+        let _ = self.handle.eof(self.channel).await;
+        let _ = self.handle.close(self.channel).await;
+    }
+
+    async fn fail(self, e: &io::Error) {
+        tracing::warn!(error = %e, "cannot start the exec process");
+        let msg = format!("herokusim: cannot start the process: {e}\r\n");
+        let _ = self
+            .handle
+            .extended_data(self.channel, 1, bytes::Bytes::from(msg))
+            .await;
+        let _ = self.handle.exit_status_request(self.channel, 127).await;
+        let _ = self.handle.eof(self.channel).await;
+        let _ = self.handle.close(self.channel).await;
+    }
+}
