@@ -9,6 +9,7 @@
     missing_debug_implementations
 )]
 
+pub mod faults;
 pub mod gateway;
 
 use std::collections::{BTreeMap, HashMap};
