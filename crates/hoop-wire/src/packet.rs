@@ -276,8 +276,21 @@ impl DecodeError {
     }
 }
 
+/// The packet type for logs and messages: lossy UTF-8, control characters escaped (a newline in
+/// a hostile type must not forge a log line in the human format), cut to 64 characters.
 fn loggable_type(raw: &[u8]) -> String {
-    String::from_utf8_lossy(raw).chars().take(64).collect()
+    String::from_utf8_lossy(raw)
+        .chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .take(64)
+        .collect()
 }
 
 fn session_id_of<P: RawPacket>(p: &P) -> Result<SessionId, DecodeErrorKind> {
@@ -544,7 +557,7 @@ impl ClientPacket {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -667,6 +680,18 @@ mod tests {
             AgentPacket::decode(&wire).unwrap(),
             AgentPacket::Unsupported { .. }
         ));
+
+        // A newline in a type cannot reach a log line unescaped.
+        let wire = WirePacket {
+            r#type: Bytes::from_static(b"Evil\nlevel=error forged\x1b[2J"),
+            ..Default::default()
+        };
+        match AgentPacket::decode(&wire).unwrap() {
+            AgentPacket::Unsupported { packet_type, .. } => {
+                assert_eq!(packet_type, "Evil\\nlevel=error forged\\u{1b}[2J");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
