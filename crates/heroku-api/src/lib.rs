@@ -3,7 +3,7 @@
 //!
 //! Owns: the v3 `Accept` header, Bearer auth (Basic `app:key` for exec-manager), Heroku's error
 //! bodies as typed [`ApiError`]s shown in Heroku's own words, timeouts on every call, retries
-//! (409 on dyno create; 429 and 5xx on idempotent calls, honouring `Retry-After` and
+//! (409 and 429 on dyno create; 429 and 5xx on idempotent calls, honouring `Retry-After` and
 //! `RateLimit-Remaining`), and configurable base URLs and extra TLS roots for the emulator.
 //! The API key lives in [`ApiKey`], whose `Debug` and `Display` are redacted; no error message
 //! is built from a request's headers. It does not know about sessions or rendezvous.
@@ -149,7 +149,9 @@ impl HerokuError {
 enum Retry {
     /// Safe to repeat: 429 and 5xx are retried.
     Idempotent,
-    /// Dyno create: only 409 (release not yet visible) is retried, as Heroku's CLI does.
+    /// Dyno create: 409 (release not yet visible, as Heroku's CLI retries) and 429 (the rate
+    /// limit refuses a request before doing anything, so nothing was created). Never 5xx: the
+    /// dyno may exist.
     CreateDyno,
     /// Never repeated.
     Never,
@@ -482,7 +484,9 @@ fn retry_delay(
 ) -> Option<Duration> {
     let status = response.status();
     let retryable = match retry {
-        Retry::CreateDyno => status == StatusCode::CONFLICT,
+        Retry::CreateDyno => {
+            status == StatusCode::CONFLICT || status == StatusCode::TOO_MANY_REQUESTS
+        }
         Retry::Idempotent => status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error(),
         Retry::Never => false,
     };
