@@ -20,9 +20,10 @@ use hoop_wire::pb::{
 use hoop_wire::spec::{MAX_INBOUND_MESSAGE_SIZE, MAX_MESSAGE_SIZE, packet_type as pt};
 use hoop_wire::{AgentPacket, ClientPacket, SessionId};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::audit::{self, AuditError, AuditSink, AuditStore};
@@ -215,14 +216,15 @@ impl Gateway {
         .max_encoding_message_size(MAX_INBOUND_MESSAGE_SIZE);
         let server_stop = CancellationToken::new();
         let stop = server_stop.clone();
+        // tonic ignores `Server::tcp_nodelay` for a caller-supplied listener, so TCP_NODELAY is
+        // set on each accepted socket here. Without it, small frames (h2 WINDOW_UPDATEs, echoed
+        // keystrokes) wait for the peer's delayed ACK: 40 ms stalls that capped a session's
+        // output near 40 MiB/s (docs/performance.md).
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(service)
-                .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(listener),
-                    stop.cancelled_owned(),
-                )
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                 .await;
             if let Err(e) = result {
                 tracing::error!(error = %e, "gateway server failed");
