@@ -264,6 +264,10 @@ fn instructions(gateway: &dynogw::RunningGateway, options: &DevOptions) -> Strin
         s,
         "  cargo run -q -p dynoctl -- connect{flags} psexec -- --interactive --app {DEMO_APP}"
     );
-    let _ = writeln!(s, "  cargo run -q -p dynoctl -- sessions");
+    let audit_flag = match &options.audit_db {
+        Some(db) => format!(" --audit-db {}", db.display()),
+        None => String::new(),
+    };
+    let _ = writeln!(s, "  cargo run -q -p dynoctl -- sessions{audit_flag}");
     s
 }
