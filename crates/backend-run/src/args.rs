@@ -121,13 +121,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, ArgsError> {
 /// Heroku app names: 3 to 30 characters, lower-case letters, digits and dashes, starting
 /// with a letter. App ids (UUIDs) are accepted too.
 pub fn validate_app(app: &str) -> Result<(), ArgsError> {
-    let uuid = uuid::Uuid::parse_str(app).is_ok();
-    let name = (3..=30).contains(&app.len())
-        && app.starts_with(|c: char| c.is_ascii_lowercase())
-        && app
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if uuid || name {
+    if backend::is_heroku_app_name(app) {
         Ok(())
     } else {
         Err(ArgsError(format!(

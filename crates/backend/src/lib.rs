@@ -115,6 +115,22 @@ impl ExitStatus {
     }
 }
 
+/// Whether `app` can name a Heroku app: 3 to 30 lower-case letters, digits and dashes,
+/// starting with a letter, or an app id (a hyphenated UUID). Checked before any API call, so
+/// a hostile name never reaches a URL.
+pub fn is_heroku_app_name(app: &str) -> bool {
+    let uuid = app.len() == 36
+        && app.chars().enumerate().all(|(i, c)| {
+            matches!(i, 8 | 13 | 18 | 23) == (c == '-') && (c == '-' || c.is_ascii_hexdigit())
+        });
+    let name = (3..=30).contains(&app.len())
+        && app.starts_with(|c: char| c.is_ascii_lowercase())
+        && app
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    uuid || name
+}
+
 /// The connection variable that restricts which Heroku apps a session may touch.
 pub const APPS_ALLOWLIST_VAR: &str = "HEROKU_APPS";
 
@@ -180,6 +196,29 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt as _;
+
+    #[test]
+    fn heroku_app_names_and_ids() {
+        for ok in [
+            "abc",
+            "my-app-2",
+            "a23456789012345678901234567890",
+            "01234567-89ab-cdef-0123-456789ABCDEF",
+        ] {
+            assert!(is_heroku_app_name(ok), "{ok}");
+        }
+        for bad in [
+            "ab",
+            "Bad_App",
+            "1app",
+            "app/../x",
+            "a234567890123456789012345678901",
+            "0123456789abcdef0123456789abcdef",
+            "{01234567-89ab-cdef-0123-456789abcdef}",
+        ] {
+            assert!(!is_heroku_app_name(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn the_app_allowlist_refuses_other_apps() {
