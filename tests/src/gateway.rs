@@ -423,7 +423,7 @@ impl SessionReplies {
                     out.closes += 1;
                     return out;
                 }
-                ClientPacket::KeepAlive => {}
+                ClientPacket::KeepAlive | ClientPacket::SysResponse { .. } => {}
             }
         }
     }

@@ -121,6 +121,7 @@ impl Params {
             params: self.0,
             client_env: BTreeMap::new(),
             request_port: None,
+            jit_timeout: None,
         }))
     }
 }

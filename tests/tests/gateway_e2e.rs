@@ -47,6 +47,7 @@ fn connection(name: &str, agent: &str, command: &[&str], tag: &Tag) -> Connectio
         agent: agent.into(),
         command: command.iter().map(|s| (*s).to_owned()).collect(),
         secrets: BTreeMap::from([("envvar:DYNOTEST_TAG".to_owned(), tag.0.clone())]),
+        ..Default::default()
     }
 }
 
@@ -64,11 +65,13 @@ fn config(dir: &std::path::Path, secret: &str, db_secret: &str, tag: &Tag) -> Ga
                 name: AGENT.into(),
                 secret_sha256: Some(dynogw::hash_secret(secret)),
                 secret: None,
+                ..Default::default()
             },
             AgentDef {
                 name: "ghost".into(),
                 secret_sha256: None,
                 secret: Some("xagt-ghost".into()),
+                ..Default::default()
             },
         ],
         connections: vec![

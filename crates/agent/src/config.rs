@@ -49,6 +49,10 @@ pub struct AgentConfig {
     pub env_file_dir: PathBuf,
     /// Where the Heroku backends send their requests.
     pub heroku: HerokuSettings,
+    /// Run sessions whose connection has guardrail rules or data masking configured, which
+    /// this agent does not enforce (`DYNOAGENT_ALLOW_UNENFORCED_POLICIES`; default `false`:
+    /// such sessions are refused). Every session it lets through logs a WARN.
+    pub allow_unenforced_policies: bool,
 }
 
 /// Heroku endpoints. Real Heroku by default; `herokusim` (tests, `dynoagent dev`) overrides.
@@ -94,6 +98,14 @@ pub enum ConfigError {
         "HOOP_KEY is not set: give the agent's DSN (scheme://name:secret@host:port?mode=standard)"
     )]
     MissingKey,
+    #[error(
+        "{var} is hoop's organization key (mode=multi-connection), usable only with \"hoop run\"; create a standard agent key (\"hoop admin create agent <name>\" or the web UI) and set it as {var}"
+    )]
+    OrgKey { var: &'static str },
+    #[error(
+        "{var} is an embedded-mode key (PreConnect on demand), which this agent does not support; create a standard agent key (\"hoop admin create agent <name>\" or the web UI) and set it as {var}"
+    )]
+    EmbeddedKey { var: &'static str },
     #[error("{var} is malformed: the DSN {reason}")]
     BadKey {
         var: &'static str,
@@ -126,6 +138,7 @@ struct Raw {
     dynoagent_heroku_exec_url: Option<String>,
     dynoagent_heroku_ca: Option<String>,
     dynoagent_heroku_exec_ssh_port: Option<String>,
+    dynoagent_allow_unenforced_policies: Option<String>,
 }
 
 fn parse_bool(var: &'static str, value: Option<&str>) -> Result<bool, ConfigError> {
@@ -237,6 +250,11 @@ impl AgentConfig {
             _ => return Err(ConfigError::MissingKey),
         };
         let dsn = Dsn::parse(value).map_err(|reason| ConfigError::BadKey { var, reason })?;
+        match dsn.mode() {
+            gateway_link::Mode::Standard => {}
+            gateway_link::Mode::MultiConnection => return Err(ConfigError::OrgKey { var }),
+            gateway_link::Mode::Embedded => return Err(ConfigError::EmbeddedKey { var }),
+        }
         let tls = TlsOptions {
             ca_pem: raw
                 .hoop_tlsca
@@ -307,7 +325,12 @@ impl AgentConfig {
                 80,
             )?,
         };
+        let allow_unenforced_policies = parse_bool(
+            "DYNOAGENT_ALLOW_UNENFORCED_POLICIES",
+            raw.dynoagent_allow_unenforced_policies.as_deref(),
+        )?;
         Ok(AgentConfig {
+            allow_unenforced_policies,
             heroku,
             link: LinkConfig::new(dsn, tls, version),
             log,
@@ -357,6 +380,40 @@ mod tests {
             !format!("{c:?}").contains("sekrit"),
             "Debug must not print the secret"
         );
+    }
+
+    #[test]
+    fn organization_and_embedded_keys_are_refused_in_one_line_naming_the_variable() {
+        for (var, dsn, want) in [
+            (
+                "HOOP_KEY",
+                "grpc://_default:hunter2@gw:8010?mode=multi-connection",
+                "HOOP_KEY is hoop's organization key",
+            ),
+            (
+                "HOOP_DSN",
+                "grpcs://a:hunter2@gw:8443?mode=multi-connection",
+                "HOOP_DSN is hoop's organization key",
+            ),
+            (
+                "HOOP_KEY",
+                "grpc://a:hunter2@gw:8010?mode=embedded",
+                "HOOP_KEY is an embedded-mode key",
+            ),
+        ] {
+            let e = AgentConfig::from_sources(&env(&[(var, dsn)]), "0")
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(want), "{e}");
+            assert!(e.contains("create a standard agent key"), "{e}");
+            assert!(e.ends_with(&format!("set it as {var}")), "{e}");
+            assert!(!e.contains("hunter2") && !e.contains('\n'), "{e}");
+        }
+        // The organization key without `mode` is only a hint: it starts (and warns).
+        let c = AgentConfig::from_sources(&env(&[("HOOP_KEY", "grpc://_default:s@gw:1")]), "0")
+            .unwrap();
+        assert!(c.link.dsn.looks_like_org_key());
+        assert!(!c.allow_unenforced_policies);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+use crate::admission;
 use crate::router::Router;
 use crate::session::{self, EndReason, SessionEvent, SessionHandle, SessionStart};
 
@@ -43,7 +44,12 @@ pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     /// Time allowed for live sessions to close during shutdown.
     pub(crate) drain_timeout: Duration,
+    /// Run sessions with guardrails or masking configured anyway (logged per session).
+    pub(crate) allow_unenforced_policies: bool,
 }
+
+/// The reason given in every answer to a system request (`Sys*`).
+const SYS_UNSUPPORTED: &str = "not supported by this agent (command-line connections only)";
 
 struct Registry {
     sessions: HashMap<SessionId, (u64, SessionHandle)>,
@@ -178,6 +184,22 @@ async fn dispatch(shared: &Arc<Shared>, reg: &mut Registry, out: &Outbound, pack
                 tracing::warn!(session_id = %sid, "ignoring a second open for a live session");
                 return;
             }
+            match admission::admit(&open, shared.allow_unenforced_policies) {
+                Err(refusal) => {
+                    tracing::warn!(session_id = %sid, reason = %refusal, "refusing a session at open");
+                    refuse(out, sid, refusal.to_string()).await;
+                    return;
+                }
+                Ok(unenforced) => {
+                    for policy in unenforced {
+                        tracing::warn!(
+                            session_id = %sid,
+                            ?policy,
+                            "running a session whose connection configures a policy this agent does not enforce (DYNOAGENT_ALLOW_UNENFORCED_POLICIES=true)"
+                        );
+                    }
+                }
+            }
             if shared.shutdown.is_cancelled() {
                 refuse(out, sid, "agent shutting down".into()).await;
                 return;
@@ -236,6 +258,21 @@ async fn dispatch(shared: &Arc<Shared>, reg: &mut Registry, out: &Outbound, pack
             }
             None => tracing::debug!(session_id = %session_id, "close for an unknown session"),
         },
+        AgentPacket::SysRequest {
+            kind, request_id, ..
+        } => {
+            // The gateway's caller blocks until a reply or its timeout (up to 10 min): answer
+            // at once, with the failure shape its caller decodes.
+            tracing::info!(request_id = %request_id, ?kind, "answering a system request this agent does not serve");
+            let payload = kind.failure_payload(request_id.as_str(), SYS_UNSUPPORTED);
+            let _ = out
+                .send(ClientPacket::SysResponse {
+                    kind,
+                    request_id,
+                    payload,
+                })
+                .await;
+        }
         AgentPacket::Unsupported {
             packet_type,
             session_id,

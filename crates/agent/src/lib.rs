@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod admission;
 pub mod config;
 mod engine;
 pub mod logging;
@@ -51,6 +52,7 @@ impl Agent {
             live,
             shutdown,
             drain_timeout,
+            allow_unenforced_policies: config.allow_unenforced_policies,
         });
         Agent { config, shared }
     }

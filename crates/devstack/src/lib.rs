@@ -87,6 +87,7 @@ fn connections(heroku_api_key: &str) -> Vec<ConnectionDef> {
         agent: DEV_AGENT.into(),
         command: command.iter().map(|c| (*c).to_owned()).collect(),
         secrets,
+        ..Default::default()
     };
     vec![
         conn("local", &["bash"], BTreeMap::new()),
@@ -130,6 +131,7 @@ impl DevStack {
                 name: DEV_AGENT.into(),
                 secret_sha256: Some(dynogw::hash_secret(&secret)),
                 secret: None,
+                ..Default::default()
             }],
             connections: connections(sim.api_key()),
             ..GatewayConfig::default()

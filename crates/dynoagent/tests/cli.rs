@@ -31,7 +31,6 @@ fn missing_hoop_key_is_a_one_line_error() {
 fn malformed_hoop_key_names_the_variable_without_the_secret() {
     for bad in [
         "grpc://agent:hunter2-secret@127.0.0.1",
-        "grpc://agent:hunter2-secret@127.0.0.1:1?mode=embedded",
         "nonsense hunter2-secret",
     ] {
         let (code, stderr) = run(&[("HOOP_KEY", bad)]);
@@ -40,6 +39,112 @@ fn malformed_hoop_key_names_the_variable_without_the_secret() {
         assert!(stderr.contains("HOOP_KEY is malformed"), "{stderr}");
         assert!(!stderr.contains("hunter2"), "secret leaked: {stderr}");
     }
+}
+
+#[test]
+fn organization_and_embedded_keys_are_refused_at_start_with_what_to_create() {
+    for (dsn, want) in [
+        (
+            "grpc://_default:hunter2-secret@127.0.0.1:1?mode=multi-connection",
+            "HOOP_KEY is hoop's organization key (mode=multi-connection)",
+        ),
+        (
+            "grpc://agent:hunter2-secret@127.0.0.1:1?mode=embedded",
+            "HOOP_KEY is an embedded-mode key",
+        ),
+    ] {
+        let (code, stderr) = run(&[("HOOP_KEY", dsn)]);
+        assert_eq!(code, 2, "{dsn}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(want), "{stderr}");
+        assert!(stderr.contains("create a standard agent key"), "{stderr}");
+        assert!(!stderr.contains("hunter2"), "secret leaked: {stderr}");
+    }
+}
+
+/// hoop's organization key has no `mode` in its DSN, so the agent starts; the gateway then
+/// refuses every stream (`missing connection-name attribute`). The agent says so in one
+/// ERROR naming HOOP_KEY, then retries quietly at its slowest pace instead of warning forever.
+#[tokio::test]
+async fn the_gateways_refusal_of_an_organization_key_is_one_error_then_quiet_retries() {
+    use std::sync::{Arc, Mutex};
+    use tokio::io::AsyncBufReadExt as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dynogw::generate_secret();
+    let gw = dynogw::Gateway::start(dynogw::GatewayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        audit_db: dir.path().join("audit.db"),
+        client_tokens: vec!["t".into()],
+        agents: vec![dynogw::AgentDef {
+            name: "_default".into(),
+            secret: Some(secret.clone()),
+            mode: "multi-connection".into(),
+            ..Default::default()
+        }],
+        ..dynogw::GatewayConfig::default()
+    })
+    .await
+    .unwrap();
+    // The organization key's DSN: agent `_default`, no `mode`.
+    let dsn = format!("grpc://_default:{secret}@{}", gw.addr());
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dynoagent"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOOP_KEY", &dsn)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Logs go to stdout (Heroku's log router reads both).
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let lines = Arc::clone(&lines);
+        let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stdout.next_line().await {
+                lines.lock().unwrap().push(line);
+            }
+        })
+    };
+    // Two refusals: the first attempt and one retry (at most 8 s later).
+    assert!(
+        gw.wait_for_refusals(2, std::time::Duration::from_secs(20))
+            .await,
+        "the agent did not retry"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    reader.await.unwrap();
+    let lines = lines.lock().unwrap().clone();
+    let all = lines.join("\n");
+    let errors: Vec<&String> = lines.iter().filter(|l| l.contains("level=error")).collect();
+    assert_eq!(errors.len(), 1, "one ERROR, not one per attempt:\n{all}");
+    assert!(
+        errors[0].contains("multi-connection agent") && errors[0].contains("HOOP_KEY"),
+        "{all}"
+    );
+    assert!(
+        !all.contains("gateway connection failed"),
+        "no generic retry warning:\n{all}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("level=warn") && l.contains("organization key")),
+        "the start-up hint for `_default` without mode:\n{all}"
+    );
+    assert!(!all.contains(&secret), "the secret leaked:\n{all}");
+    gw.shutdown().await;
 }
 
 #[test]

@@ -197,6 +197,7 @@ fn connections(sim: &RunningSim, sshd: &Sshd) -> anyhow::Result<Vec<ConnectionDe
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect::<BTreeMap<_, _>>(),
+        ..Default::default()
     };
     let uri = format!("ssh://{}@127.0.0.1:{}", sshd.user, sshd.port);
     let heroku = [("envvar:HEROKU_API_KEY", sim.api_key())];
@@ -276,6 +277,7 @@ impl Stack {
                 name: AGENT.into(),
                 secret_sha256: Some(dynogw::hash_secret(&secret)),
                 secret: None,
+                ..Default::default()
             }],
             connections: connections(&sim, &sshd)?,
             ..GatewayConfig::default()

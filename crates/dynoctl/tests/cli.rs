@@ -40,6 +40,7 @@ async fn setup() -> Setup {
         agent: "cli".into(),
         command: command.iter().map(|s| (*s).to_owned()).collect(),
         secrets: BTreeMap::from([("envvar:PS1".to_owned(), "PROMPT> ".to_owned())]),
+        ..Default::default()
     };
     let config = GatewayConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -49,6 +50,7 @@ async fn setup() -> Setup {
             name: "cli".into(),
             secret_sha256: None,
             secret: Some(secret.clone()),
+            ..Default::default()
         }],
         connections: vec![
             connection("bash", &["bash"]),

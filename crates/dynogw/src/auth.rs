@@ -91,6 +91,20 @@ pub(crate) fn authenticate(map: &MetadataMap, config: &GatewayConfig) -> Result<
                     "invalid authentication, mismatch dsn attributes",
                 ));
             }
+            // hoop applies the mode stored with the agent, never the DSN's (§1.6). dynogw
+            // manages no connections for multi-connection agents, so a named stream is refused
+            // as hoop refuses a connection that agent does not manage.
+            if agent.mode == "multi-connection" {
+                return Err(
+                    match meta.get(md::CONNECTION_NAME).filter(|c| !c.is_empty()) {
+                        None => Status::failed_precondition("missing connection-name attribute"),
+                        Some(conn) => Status::invalid_argument(format!(
+                            "connection {conn} is not managed by agent {}",
+                            agent.name
+                        )),
+                    },
+                );
+            }
             Ok(Caller::Agent {
                 name: agent.name.clone(),
                 version: meta.get(md::VERSION).cloned().unwrap_or_default(),

@@ -76,7 +76,7 @@ pub struct GatewayConfig {
 }
 
 /// An agent allowed to connect.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentDef {
     /// Must equal the user part of the agent's DSN.
@@ -87,10 +87,15 @@ pub struct AgentDef {
     /// The plain secret (development only; hashed when the gateway starts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// The mode stored with the agent, as hoop stores it: `standard` (default), `embedded` or
+    /// `multi-connection`. The gateway applies this, never the mode in the agent's DSN; a
+    /// `multi-connection` agent (hoop's organization key) is refused without a connection name.
+    #[serde(default = "default_agent_mode")]
+    pub mode: String,
 }
 
-/// A `command-line` connection served by one agent.
-#[derive(Clone, Serialize, Deserialize)]
+/// A connection served by one agent.
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionDef {
     pub name: String,
@@ -101,6 +106,30 @@ pub struct ConnectionDef {
     /// `envvar:NAME` / `filesystem:NAME` to plain values; base64-encoded on the wire.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+    /// The connection type hoop sends the agent after its mapping (`ToConnectionType`):
+    /// `command-line` (default), `tcp`, `postgres`, `ssh`, `httpproxy`, ...
+    #[serde(default, rename = "type", skip_serializing_if = "String::is_empty")]
+    pub connection_type: String,
+    /// Guardrail rules as hoop ships them (`GuardRailRules` JSON), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guardrail_rules: Option<String>,
+    /// Data-masking rules (`DataMaskingEntityTypesData` JSON array), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_masking: Option<String>,
+    /// Info types of the connection's `dlp` plugin (`DLPInfoTypes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dlp_info_types: Vec<String>,
+}
+
+impl ConnectionDef {
+    /// The type sent to agents and clients.
+    pub fn connection_type(&self) -> &str {
+        if self.connection_type.is_empty() {
+            hoop_wire::spec::CONNECTION_TYPE_COMMAND_LINE
+        } else {
+            &self.connection_type
+        }
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -114,6 +143,9 @@ fn default_user_id() -> String {
 }
 fn default_user_email() -> String {
     "dev@localhost".into()
+}
+fn default_agent_mode() -> String {
+    "standard".into()
 }
 
 impl Default for GatewayConfig {
@@ -177,6 +209,15 @@ impl GatewayConfig {
                 return bad(format!("agent {:?} is defined twice", a.name));
             }
             a.resolved_hash().map_err(ConfigError::Invalid)?;
+            if !matches!(
+                a.mode.as_str(),
+                "" | "standard" | "embedded" | "multi-connection"
+            ) {
+                return bad(format!(
+                    "agent {:?}: mode must be standard, embedded or multi-connection",
+                    a.name
+                ));
+            }
         }
         let mut names = BTreeSet::new();
         for c in &self.connections {
@@ -275,6 +316,7 @@ impl fmt::Debug for AgentDef {
             .field("name", &self.name)
             .field("secret_sha256", &self.secret_sha256)
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("mode", &self.mode)
             .finish()
     }
 }
@@ -286,6 +328,10 @@ impl fmt::Debug for ConnectionDef {
             .field("agent", &self.agent)
             .field("command", &self.command)
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("type", &self.connection_type())
+            .field("guardrail_rules", &self.guardrail_rules.is_some())
+            .field("data_masking", &self.data_masking.is_some())
+            .field("dlp_info_types", &self.dlp_info_types)
             .finish()
     }
 }

@@ -42,7 +42,7 @@ use base64::Engine as _;
 use sha2::Digest as _;
 
 pub use config::{AgentDef, ConfigError, ConnectionDef, GatewayConfig};
-pub use server::{Gateway, GatewayError, RunningGateway};
+pub use server::{Gateway, GatewayError, RunningGateway, SysRequestError};
 
 /// The default gRPC listen address (hoop's gateway port, on loopback).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8010";

@@ -13,13 +13,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use hoop_wire::pb::transport_server::{Transport, TransportServer};
 use hoop_wire::pb::{
     HealthCheckRequest, HealthCheckResponse, Packet, PreConnectRequest, PreConnectResponse,
 };
 use hoop_wire::spec::{MAX_INBOUND_MESSAGE_SIZE, MAX_MESSAGE_SIZE, packet_type as pt};
-use hoop_wire::{AgentPacket, ClientPacket, SessionId};
-use tokio::sync::{mpsc, watch};
+use hoop_wire::{AgentPacket, ClientPacket, SessionId, SysKind};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -54,6 +55,15 @@ pub enum GatewayError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+/// Why a system request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SysRequestError {
+    #[error("agent {0} is not connected")]
+    AgentOffline(String),
+    #[error("timeout ({0:?}) waiting for a response from agent {1}")]
+    Timeout(Duration, String),
 }
 
 /// A packet from an agent for one session: the raw packet (forwarded unchanged) and its
@@ -115,7 +125,8 @@ impl AgentLink {
 pub(crate) struct Hub {
     pub config: GatewayConfig,
     agents: Mutex<HashMap<String, AgentLink>>,
-    /// Bumped whenever an agent registers, to wake sessions waiting for an offline agent.
+    /// Bumped whenever an agent registers (to wake sessions waiting for an offline agent) or
+    /// its stream ends.
     agents_changed: watch::Sender<u64>,
     next_link: AtomicU64,
     pub audit: AuditSink,
@@ -125,6 +136,10 @@ pub(crate) struct Hub {
     /// Stops agent readers; cancelled only after sessions have closed, so that a shutdown
     /// reports "gateway shutdown" and not "agent has disconnected".
     readers_stop: CancellationToken,
+    /// `Connect` calls refused at authentication so far.
+    refused: watch::Sender<u64>,
+    /// System requests waiting for their reply, by request id (hoop's `transportsystem`).
+    sys_waiters: Mutex<HashMap<SessionId, oneshot::Sender<(SysKind, Bytes)>>>,
 }
 
 impl Hub {
@@ -156,6 +171,7 @@ impl Hub {
         {
             agents.remove(&link.name);
         }
+        self.agents_changed.send_modify(|g| *g = g.wrapping_add(1));
         let n = link.close_sessions();
         if n > 0 {
             tracing::warn!(
@@ -207,6 +223,8 @@ impl Gateway {
             sessions: TaskTracker::new(),
             agent_readers: TaskTracker::new(),
             readers_stop: CancellationToken::new(),
+            refused: watch::channel(0).0,
+            sys_waiters: Mutex::default(),
         });
         let service = TransportServer::new(Service {
             hub: Arc::clone(&hub),
@@ -287,6 +305,71 @@ impl RunningGateway {
             match tokio::time::timeout_at(deadline, changes.changed()).await {
                 Ok(Ok(())) => {}
                 _ => return self.hub.agent(name).is_some(),
+            }
+        }
+    }
+
+    /// Sends agent `name` a system request (`Sys*`) with a fresh id and waits up to `timeout`
+    /// for its reply, as hoop's gateway does for runbook hooks, bare exec, the PG manager and
+    /// DB role provisioning (§2.7). Returns the reply's type and raw payload.
+    pub async fn system_request(
+        &self,
+        name: &str,
+        kind: SysKind,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<(SysKind, Bytes), SysRequestError> {
+        let link = self
+            .hub
+            .agent(name)
+            .ok_or_else(|| SysRequestError::AgentOffline(name.to_owned()))?;
+        // Not always a UUID in hoop (the federation probe uses "federation-probe-<uuid>").
+        let id = SessionId::parse(format!("sys-probe-{}", uuid::Uuid::new_v4()).as_bytes())
+            .map_err(|_| SysRequestError::AgentOffline(name.to_owned()))?;
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut w) = self.hub.sys_waiters.lock() {
+            w.insert(id.clone(), tx);
+        }
+        let request = AgentPacket::SysRequest {
+            kind,
+            request_id: id.clone(),
+            payload,
+        };
+        let sent = link.tx.send(Ok(request.into_packet())).await.is_ok();
+        let reply = if sent {
+            tokio::time::timeout(timeout, rx)
+                .await
+                .ok()
+                .and_then(Result::ok)
+        } else {
+            None
+        };
+        if let Ok(mut w) = self.hub.sys_waiters.lock() {
+            w.remove(&id);
+        }
+        reply.ok_or_else(|| SysRequestError::Timeout(timeout, name.to_owned()))
+    }
+
+    /// Waits until at least `n` `Connect` calls have been refused at authentication; `false`
+    /// after `timeout`.
+    pub async fn wait_for_refusals(&self, n: u64, timeout: Duration) -> bool {
+        let mut refused = self.hub.refused.subscribe();
+        tokio::time::timeout(timeout, refused.wait_for(|r| *r >= n))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Waits until agent `name` is not connected; `false` after `timeout`.
+    pub async fn wait_for_agent_gone(&self, name: &str, timeout: Duration) -> bool {
+        let mut changes = self.hub.agent_changes();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.hub.agent(name).is_none() {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return self.hub.agent(name).is_none(),
             }
         }
     }
@@ -393,6 +476,7 @@ impl Transport for Service {
             Ok(c) => c,
             Err(status) => {
                 tracing::info!(code = ?status.code(), reason = status.message(), "connect refused");
+                self.hub.refused.send_modify(|n| *n += 1);
                 return Err(status);
             }
         };
@@ -408,6 +492,14 @@ impl Transport for Service {
                     .ok_or_else(|| {
                         Status::not_found(format!("connection {:?} not found", req.connection))
                     })?;
+                // hoop's `validateConnectionType` (§2.4).
+                let kind = connection.connection_type();
+                if req.verb == "exec" && matches!(kind, "tcp" | "ssh") {
+                    return Err(Status::invalid_argument(format!(
+                        "exec is not allowed for {kind} type connections. Use 'hoop connect {}' instead",
+                        req.connection
+                    )));
+                }
                 let sid = SessionId::parse(uuid::Uuid::new_v4().to_string().as_bytes())
                     .map_err(|_| Status::internal("cannot mint a session id"))?;
                 let (tx, rx) = mpsc::channel(STREAM_QUEUE);
@@ -471,13 +563,16 @@ async fn agent_reader(hub: Arc<Hub>, link: AgentLink, mut inbound: Streaming<Pac
             m = inbound.message() => m,
         };
         match message {
-            Ok(Some(packet)) => route(&link, packet).await,
+            Ok(Some(packet)) => route(&hub, &link, packet).await,
+            // hyper reports an END_STREAM half-close and an RST_STREAM(CANCEL) alike, so unlike
+            // hoop's gateway (ERROR "err=EOF" for the former) dynogw cannot tell them apart;
+            // gateway-link's own test checks that the agent cancels (§5.4).
             Ok(None) => {
-                tracing::info!(agent = %link.name, "agent closed its stream");
+                tracing::info!(agent = %link.name, "agent ended its stream");
                 break;
             }
             Err(status) => {
-                tracing::info!(agent = %link.name, code = ?status.code(), "agent stream ended");
+                tracing::warn!(agent = %link.name, code = ?status.code(), "agent disconnected");
                 break;
             }
         }
@@ -485,9 +580,29 @@ async fn agent_reader(hub: Arc<Hub>, link: AgentLink, mut inbound: Streaming<Pac
     hub.deregister(&link);
 }
 
-async fn route(link: &AgentLink, packet: Packet) {
+async fn route(hub: &Hub, link: &AgentLink, packet: Packet) {
     match ClientPacket::decode(&packet) {
         Ok(ClientPacket::KeepAlive) => {}
+        Ok(ClientPacket::SysResponse {
+            kind,
+            request_id,
+            payload,
+        }) => {
+            // Like hoop, any reply type is accepted for any waiter.
+            let waiter = hub
+                .sys_waiters
+                .lock()
+                .ok()
+                .and_then(|mut w| w.remove(&request_id));
+            match waiter {
+                Some(tx) => {
+                    let _ = tx.send((kind, payload));
+                }
+                None => {
+                    tracing::warn!(agent = %link.name, request_id = %request_id, "unable to send system packet, unable to find channel")
+                }
+            }
+        }
         Ok(decoded) => {
             let Some(sid) = decoded.session_id().cloned() else {
                 return;

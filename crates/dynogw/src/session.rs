@@ -22,7 +22,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use hoop_gob::AgentConnectionParams;
 use hoop_wire::pb::Packet;
-use hoop_wire::spec::{CONNECTION_TYPE_COMMAND_LINE, INTERNAL_EXIT_CODE, key, packet_type as pt};
+use hoop_wire::spec::{INTERNAL_EXIT_CODE, key, packet_type as pt};
 use hoop_wire::{ClientPacket, SessionId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -47,6 +47,10 @@ const AGENT_DISCONNECTED: &str = "agent has disconnected";
 const GATEWAY_SHUTDOWN: &str = "gateway shutdown";
 const CLIENT_DISCONNECTED: &str = "client disconnected";
 const AGENT_OFFLINE: &str = "agent is offline";
+
+/// The fixed `AnalyzerMetricsRules` hoop's gateway sends with every session (§6.1).
+const ANALYZER_METRICS_RULES: &str =
+    r#"{"rules":[{"entity_types":["PERSON","PHONE_NUMBER","LOCATION","EMAIL_ADDRESS"]}]}"#;
 
 /// Runs the session carried by one client stream.
 pub(crate) async fn run(
@@ -360,9 +364,10 @@ impl Session {
             .iter()
             .map(|(k, v)| (k.clone(), b64.encode(v.as_bytes())))
             .collect();
+        let connection_type = self.conn.connection_type().to_owned();
         let params = AgentConnectionParams {
             connection_name: self.conn.name.clone(),
-            connection_type: CONNECTION_TYPE_COMMAND_LINE.into(),
+            connection_type: connection_type.clone(),
             user_id: self.hub.config.user_id.clone(),
             user_email: self.hub.config.user_email.clone(),
             env_vars,
@@ -370,13 +375,28 @@ impl Session {
             client_args,
             client_verb: self.req.verb.clone(),
             client_origin: hoop_wire::spec::metadata::ORIGIN_CLIENT.into(),
+            // hoop's gateway ships policies for the agent to enforce (§6.1) and always sets
+            // these two gateway-wide values, which are not a per-connection signal.
+            dlp_mode: "best-effort".into(),
+            analyzer_metrics_rules: ANALYZER_METRICS_RULES.as_bytes().to_vec(),
+            guard_rail_rules: self
+                .conn
+                .guardrail_rules
+                .clone()
+                .unwrap_or_default()
+                .into_bytes(),
+            data_masking_entity_types_data: self
+                .conn
+                .data_masking
+                .clone()
+                .unwrap_or_default()
+                .into_bytes(),
+            dlp_info_types: self.conn.dlp_info_types.clone(),
             ..Default::default()
         };
         let mut p = client_packet(pt::AGENT_SESSION_OPEN, &self.sid);
-        p.spec.insert(
-            key::CONNECTION_TYPE.into(),
-            Bytes::from_static(CONNECTION_TYPE_COMMAND_LINE.as_bytes()),
-        );
+        p.spec
+            .insert(key::CONNECTION_TYPE.into(), Bytes::from(connection_type));
         p.spec.insert(
             key::CONNECTION_PARAMS.into(),
             Bytes::from(hoop_gob::encode_connection_params(&params)),
@@ -415,7 +435,7 @@ impl Session {
                                 Bytes::from(link.version.clone()),
                             );
                         }
-                        ClientPacket::KeepAlive => continue,
+                        ClientPacket::KeepAlive | ClientPacket::SysResponse { .. } => continue,
                     }
                     if self.to_client.send(Ok(packet)).await.is_err() {
                         return End::ClientGone;

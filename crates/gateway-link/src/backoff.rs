@@ -25,6 +25,11 @@ impl Backoff {
         Duration::from_secs(base).mul_f64(factor)
     }
 
+    /// Jumps to the slowest step, for refusals that no retry soon can cure.
+    pub fn saturate(&mut self) {
+        self.failures = self.failures.max(STEPS_SECS.len() - 1);
+    }
+
     /// Starts over at 1 s.
     pub fn reset(&mut self) {
         self.failures = 0;
@@ -42,6 +47,8 @@ mod tests {
         assert_eq!(secs, [1, 2, 4, 8, 8, 8]);
         b.reset();
         assert_eq!(b.next_delay(0.0), Duration::from_secs(1));
+        b.saturate();
+        assert_eq!(b.next_delay(0.0), Duration::from_secs(8));
     }
 
     #[test]

@@ -8,11 +8,17 @@ use std::fmt;
 use url::Url;
 
 /// How the agent talks to the gateway, from the DSN's `mode` query parameter.
+///
+/// Parsing accepts all three of hoop's modes, because a gateway (dynogw) must read every
+/// key it may be shown; the agent's configuration refuses the two it does not serve.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// Connect directly and stay connected (hoop's default).
+    /// Connect directly and stay connected (hoop's default, and the only mode this agent runs).
     Standard,
-    /// Like standard; the gateway routes by connection name.
+    /// `PreConnect` on demand (`hoop run`, embedded agents).
+    Embedded,
+    /// One stream per managed connection (hoop's organization key); the gateway refuses a
+    /// stream without `connection-name` metadata.
     MultiConnection,
 }
 
@@ -25,6 +31,8 @@ pub struct Dsn {
     port: u16,
     tls: bool,
     mode: Mode,
+    /// Whether the DSN carried a `mode` query at all (the organization key has none).
+    mode_given: bool,
 }
 
 /// Why a DSN was refused. Messages never include the DSN or its secret.
@@ -42,9 +50,7 @@ pub enum DsnError {
     MissingHost,
     #[error("has no gateway port")]
     MissingPort,
-    #[error(
-        "uses mode={0}, which dynoagent does not support; use mode=standard or mode=multi-connection"
-    )]
+    #[error("uses mode={0}, which hoop does not define; use mode=standard")]
     UnsupportedMode(String),
     #[error(
         "uses the legacy token-in-path form, which dynoagent does not support; create a new agent key in hoop"
@@ -81,13 +87,13 @@ impl Dsn {
             .ok_or(DsnError::MissingHost)?;
         let tls = matches!(url.scheme(), "grpcs" | "https" | "wss");
         let port = url.port_or_known_default().ok_or(DsnError::MissingPort)?;
-        let mode = match url
+        let given = url
             .query_pairs()
             .find(|(k, _)| k == "mode")
-            .map(|(_, v)| v.into_owned())
-            .as_deref()
-        {
+            .map(|(_, v)| v.into_owned());
+        let mode = match given.as_deref() {
             None | Some("") | Some("standard") => Mode::Standard,
+            Some("embedded") => Mode::Embedded,
             Some("multi-connection") => Mode::MultiConnection,
             Some(other) => return Err(DsnError::UnsupportedMode(other.chars().take(32).collect())),
         };
@@ -102,6 +108,7 @@ impl Dsn {
             port,
             tls,
             mode,
+            mode_given: given.is_some_and(|m| !m.is_empty()),
         })
     }
 
@@ -124,6 +131,11 @@ impl Dsn {
     /// The connection mode.
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+    /// Whether this looks like hoop's organization key: agent `_default` and no `mode`. Only
+    /// a hint (a standard agent could take that name); the gateway's refusal is definitive.
+    pub fn looks_like_org_key(&self) -> bool {
+        self.agent_name == "_default" && !self.mode_given
     }
     /// The bearer token hoop expects: the whole DSN. Only the link's metadata uses it.
     pub(crate) fn bearer(&self) -> &str {
@@ -211,14 +223,27 @@ mod tests {
             ("grpc://name@h:1", DsnError::MissingSecret),
             ("grpc://name:topsecret@h", DsnError::MissingPort),
             (
-                "grpc://name:topsecret@h:1?mode=embedded",
-                DsnError::UnsupportedMode("embedded".into()),
+                "grpc://name:topsecret@h:1?mode=sideways",
+                DsnError::UnsupportedMode("sideways".into()),
             ),
         ];
         for (raw, want) in cases {
             let got = Dsn::parse(raw).unwrap_err();
             assert_eq!(got, want, "{raw}");
             assert!(!got.to_string().contains("topsecret"));
+        }
+        for (raw, mode, org) in [
+            ("grpc://a:s@h:1?mode=embedded", Mode::Embedded, false),
+            (
+                "grpc://a:s@h:1?mode=multi-connection",
+                Mode::MultiConnection,
+                false,
+            ),
+            ("grpc://_default:s@h:1", Mode::Standard, true),
+            ("grpc://_default:s@h:1?mode=standard", Mode::Standard, false),
+        ] {
+            let d = Dsn::parse(raw).unwrap();
+            assert_eq!((d.mode(), d.looks_like_org_key()), (mode, org), "{raw}");
         }
         let e = Dsn::parse("not a url topsecret").unwrap_err();
         assert!(matches!(e, DsnError::NotAUrl(_)));

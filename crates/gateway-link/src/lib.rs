@@ -16,6 +16,7 @@
 mod backoff;
 mod dsn;
 mod metadata;
+mod sever;
 mod tls;
 
 use std::future::Future;
@@ -44,6 +45,9 @@ pub use tls::{TlsError, TlsOptions, load_ca};
 /// makes session tasks wait, which stops them reading their processes' output; memory stays
 /// bounded at this many packets of at most 32 KiB each.
 pub const OUTBOUND_QUEUE: usize = 64;
+
+/// How long the socket must stay idle before a closing link cuts it.
+const CLOSE_QUIET: Duration = Duration::from_millis(20);
 
 /// How long a stream must stay up before the backoff starts over.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
@@ -78,6 +82,12 @@ pub enum LinkError {
         "the gateway refused the agent's credentials ({0}); check that HOOP_KEY holds a current key for this agent"
     )]
     Unauthenticated(String),
+    #[error(
+        "the gateway refused this agent because it is stored as a multi-connection agent (hoop's organization key), which only \"hoop run\" can use; create a standard agent key (\"hoop admin create agent <name>\" or the web UI) and set it as HOOP_KEY"
+    )]
+    MultiConnectionKey,
+    #[error("another agent with this key is already connected to the gateway")]
+    AlreadyConnected,
     #[error("the gateway refused the stream: {code:?}: {message}")]
     Refused { code: Code, message: String },
     #[error(transparent)]
@@ -91,6 +101,13 @@ impl LinkError {
         let message = status.message().chars().take(200).collect::<String>();
         match status.code() {
             Code::Unauthenticated => LinkError::Unauthenticated(message),
+            // hoop's `AgentStream.validate` and `Save` (hoop-gateway-protocol.md §1.4, §1.6).
+            Code::FailedPrecondition if message.contains("missing connection-name attribute") => {
+                LinkError::MultiConnectionKey
+            }
+            Code::FailedPrecondition if message.contains("agent already connected") => {
+                LinkError::AlreadyConnected
+            }
             code => LinkError::Refused { code, message },
         }
     }
@@ -138,6 +155,7 @@ pub struct Connection {
     inbound: Streaming<WirePacket>,
     outbound: Outbound,
     _keepalive: tokio_util::task::AbortOnDropHandle<()>,
+    cut: sever::Cut,
 }
 
 impl Connection {
@@ -158,27 +176,44 @@ impl Connection {
         self.outbound.clone()
     }
 
-    /// Half-closes the stream once every queued packet is written, then waits (bounded) for
-    /// the gateway to end its side, so that final packets are not lost when the agent exits.
+    /// Ends the call as hoop's agent does: once every queued packet has been written and
+    /// flushed (bounded by `wait`), the connection is closed, so the gateway sees the call
+    /// cancelled. A half-close would make hoop's gateway log an ERROR ("err=EOF", §5.4).
     pub async fn close(self, wait: Duration) {
         let Connection {
-            mut inbound,
+            inbound,
             outbound,
             _keepalive,
+            cut,
         } = self;
         drop(_keepalive);
-        drop(outbound);
-        let drain = async {
-            // The gateway ends its side after reading our half-close; discard what it sends.
-            while let Ok(Some(_)) = inbound.message().await {}
+        let tx = &outbound.tx;
+        let idle = || tx.capacity() == tx.max_capacity() && cut.is_flushed();
+        let flushed = async {
+            // The queue and the socket are idle, and stay so across a short quiet period (the
+            // HTTP/2 task may hold a packet it has taken from the queue but not yet written).
+            loop {
+                let before = cut.flushes();
+                let was_idle = idle();
+                tokio::time::sleep(CLOSE_QUIET).await;
+                if was_idle && idle() && cut.flushes() == before {
+                    return;
+                }
+            }
         };
-        let _ = tokio::time::timeout(wait, drain).await;
+        if tokio::time::timeout(wait, flushed).await.is_err() {
+            tracing::warn!("the gateway did not take the last packets in time; closing anyway");
+        }
+        cut.sever();
+        drop(outbound);
+        drop(inbound);
     }
 }
 
 /// Dials the gateway and opens one `Connect` stream.
 pub async fn connect(config: &LinkConfig) -> Result<Connection, LinkError> {
-    let channel = dial(config).await?;
+    let cut = sever::Cut::default();
+    let channel = dial(config, cut.clone()).await?;
     let (tx, rx) = mpsc::channel::<Packet>(OUTBOUND_QUEUE);
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     fill_metadata(request.metadata_mut(), config)?;
@@ -205,6 +240,7 @@ pub async fn connect(config: &LinkConfig) -> Result<Connection, LinkError> {
         inbound: response.into_inner(),
         outbound,
         _keepalive: keepalive,
+        cut,
     })
 }
 
@@ -252,7 +288,7 @@ fn fill_metadata(md: &mut MetadataMap, config: &LinkConfig) -> Result<(), LinkEr
     Ok(())
 }
 
-async fn dial(config: &LinkConfig) -> Result<Channel, LinkError> {
+async fn dial(config: &LinkConfig, cut: sever::Cut) -> Result<Channel, LinkError> {
     let address = addr(config);
     let dial_err = |reason: String| LinkError::Dial {
         addr: address.clone(),
@@ -264,25 +300,37 @@ async fn dial(config: &LinkConfig) -> Result<Channel, LinkError> {
         .tcp_nodelay(true)
         .user_agent(format!("hoopagent/{} dynoagent", config.metadata.version))
         .map_err(|e| dial_err(e.to_string()))?;
+    // Both paths dial through a connector of ours so that the socket can be cut on close
+    // (`sever`). The channel makes one connection: this connector runs once per `connect`.
+    let target = address.clone();
     let result = if config.dsn.tls() {
         let tls = tls::client_config(&config.tls)?;
         let name = tls::server_name(&config.tls, config.dsn.host())?;
         let connector = tokio_rustls::TlsConnector::from(Arc::clone(&tls));
-        let target = address.clone();
         let svc = tower::service_fn(move |_: Uri| {
             let connector = connector.clone();
             let name = name.clone();
             let target = target.clone();
+            let cut = cut.clone();
             async move {
                 let tcp = tokio::net::TcpStream::connect(&target).await?;
                 tcp.set_nodelay(true)?;
                 let stream = connector.connect(name, tcp).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
+                Ok::<_, std::io::Error>(TokioIo::new(sever::Severable::new(stream, cut)))
             }
         });
         endpoint.connect_with_connector(svc).await
     } else {
-        endpoint.connect().await
+        let svc = tower::service_fn(move |_: Uri| {
+            let target = target.clone();
+            let cut = cut.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(&target).await?;
+                tcp.set_nodelay(true)?;
+                Ok::<_, std::io::Error>(TokioIo::new(sever::Severable::new(tcp, cut)))
+            }
+        });
+        endpoint.connect_with_connector(svc).await
     };
     result.map_err(|e| dial_err(error_chain(&e)))
 }
@@ -309,6 +357,14 @@ where
 {
     let mut backoff = Backoff::default();
     let gateway = addr(&config);
+    if config.dsn.looks_like_org_key() {
+        tracing::warn!(
+            agent = config.dsn.agent_name(),
+            "HOOP_KEY looks like hoop's organization key (agent _default, no mode), which the gateway refuses for standard agents; if it does, create a standard agent key (\"hoop admin create agent <name>\" or the web UI) and set it as HOOP_KEY"
+        );
+    }
+    // Refusals that repeat on every attempt are reported once, then retried quietly.
+    let mut reported: Option<std::mem::Discriminant<LinkError>> = None;
     loop {
         let attempt = tokio::select! {
             biased;
@@ -318,6 +374,7 @@ where
         match attempt {
             Ok(conn) => {
                 tracing::info!(gateway = %gateway, agent = config.dsn.agent_name(), "connected to gateway");
+                reported = None;
                 let started = Instant::now();
                 serve(conn).await;
                 if started.elapsed() >= STABLE_AFTER {
@@ -330,18 +387,49 @@ where
                     continue;
                 }
             }
-            Err(e @ LinkError::Unauthenticated(_)) => {
-                tracing::error!(gateway = %gateway, error = %e, "gateway authentication failed");
-            }
             Err(e) => {
-                tracing::warn!(gateway = %gateway, error = %e, "gateway connection failed");
+                let again = reported.replace(std::mem::discriminant(&e))
+                    == Some(std::mem::discriminant(&e));
+                match &e {
+                    LinkError::MultiConnectionKey => {
+                        // Nothing changes until an operator replaces the key: one ERROR, then
+                        // quiet retries at the slowest pace.
+                        backoff.saturate();
+                        if again {
+                            tracing::debug!(gateway = %gateway, error = %e, "still refused");
+                        } else {
+                            tracing::error!(gateway = %gateway, error = %e, "gateway refused the agent's key");
+                        }
+                    }
+                    LinkError::AlreadyConnected if again => {
+                        tracing::debug!(gateway = %gateway, "still on standby");
+                    }
+                    LinkError::AlreadyConnected => tracing::info!(
+                        gateway = %gateway,
+                        agent = config.dsn.agent_name(),
+                        "standby: another agent with this HOOP_KEY is connected; this one retries and takes over when that one disconnects"
+                    ),
+                    LinkError::Unauthenticated(_) => {
+                        tracing::error!(gateway = %gateway, error = %e, "gateway authentication failed");
+                    }
+                    _ => {
+                        tracing::warn!(gateway = %gateway, error = %e, "gateway connection failed")
+                    }
+                }
             }
         }
         let delay = backoff.next_delay(rand::random::<f64>());
-        tracing::info!(
-            delay_ms = delay.as_millis() as u64,
-            "reconnecting to gateway after backoff"
-        );
+        if reported.is_some() {
+            tracing::debug!(
+                delay_ms = delay.as_millis() as u64,
+                "reconnecting to gateway after backoff"
+            );
+        } else {
+            tracing::info!(
+                delay_ms = delay.as_millis() as u64,
+                "reconnecting to gateway after backoff"
+            );
+        }
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
@@ -379,5 +467,68 @@ mod tests {
         tokio::time::timeout(KEEPALIVE_PERIOD * 2, keepalive(Outbound { tx }))
             .await
             .unwrap();
+    }
+}
+
+/// The end of a call as the gateway's HTTP/2 layer sees it, with a raw `h2` server (tonic,
+/// like hyper, reports an END_STREAM half-close and a cancel alike, so dynogw cannot check it).
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod close_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn close_cancels_the_call_after_the_last_packet_instead_of_half_closing() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let mut h2 = h2::server::handshake(socket).await.unwrap();
+            let (request, mut respond) = h2.accept().await.unwrap().unwrap();
+            // Keep driving the connection while the body is read.
+            tokio::spawn(async move { while let Some(Ok(_)) = h2.accept().await {} });
+            let response = http::Response::builder()
+                .status(200)
+                .header("content-type", "application/grpc")
+                .body(())
+                .unwrap();
+            let _send = respond.send_response(response, false).unwrap();
+            let mut body = request.into_body();
+            let mut bytes = 0usize;
+            loop {
+                match body.data().await {
+                    Some(Ok(chunk)) => {
+                        bytes += chunk.len();
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                    }
+                    Some(Err(e)) => return (bytes, Some(e.reason())),
+                    None => return (bytes, None),
+                }
+            }
+        });
+        let dsn = Dsn::parse(&format!("grpc://a:s@127.0.0.1:{port}?mode=standard")).unwrap();
+        let config = LinkConfig::new(dsn, TlsOptions::default(), "0.0.0-test");
+        let conn = connect(&config).await.unwrap();
+        let sid = hoop_wire::SessionId::parse(b"s-1").unwrap();
+        let last = ClientPacket::SessionClose {
+            session_id: sid,
+            exit_code: Some(254),
+            message: bytes::Bytes::from_static(b"agent shutting down"),
+        };
+        let expected = last.clone().into_packet();
+        conn.outbound().send(last).await.unwrap();
+        conn.close(Duration::from_secs(5)).await;
+        let (bytes, end) = tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("server saw no end")
+            .unwrap();
+        // The final packet arrived whole (5-byte gRPC frame header + message)...
+        assert_eq!(bytes, 5 + prost::Message::encoded_len(&expected));
+        // ...and the call ended with RST_STREAM(CANCEL) or a closed connection, not END_STREAM.
+        assert_ne!(end, None, "the request stream was half-closed (END_STREAM)");
+        assert!(
+            matches!(end, Some(Some(h2::Reason::CANCEL)) | Some(None)),
+            "{end:?}"
+        );
     }
 }

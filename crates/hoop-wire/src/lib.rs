@@ -13,13 +13,16 @@
     clippy::panic
 )]
 
+pub mod go_duration;
 pub mod packet;
 pub mod spec;
+pub mod system;
 
 pub use packet::{
     AgentPacket, ClientPacket, DecodeError, DecodeErrorKind, RawPacket, SessionId, SessionOpen,
     TermSize,
 };
+pub use system::SysKind;
 
 /// Generated protobuf and tonic types (package `protobuf`).
 #[allow(

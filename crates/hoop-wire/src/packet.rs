@@ -14,6 +14,7 @@ use hoop_gob::{AgentConnectionParams, GobError};
 
 use crate::pb::{Packet, WirePacket, WireSpecEntry};
 use crate::spec::{key, packet_type as pt};
+use crate::system::SysKind;
 
 /// Longest session id accepted. hoop mints UUIDs (36 bytes); API clients may pick their own.
 const MAX_SESSION_ID_LEN: usize = 256;
@@ -174,6 +175,9 @@ pub struct SessionOpen {
     pub client_env: BTreeMap<String, String>,
     /// `client.request_port`, echoed back verbatim in `ClientSessionOpenOK`.
     pub request_port: Option<Bytes>,
+    /// `jit.timeout`: the access duration the user asked for (`hoop connect -d`), when the
+    /// gateway forwarded one that parses as a Go duration.
+    pub jit_timeout: Option<std::time::Duration>,
 }
 
 /// A packet addressed to the agent.
@@ -198,7 +202,13 @@ pub enum AgentPacket {
         session_id: SessionId,
     },
     KeepAlive,
-    /// A packet type this agent does not serve (`Sys*`, protocol proxies, unknown types).
+    /// A system request (`Sys*`, §2.7); `request_id` is its `gateway.session_id`.
+    SysRequest {
+        kind: SysKind,
+        request_id: SessionId,
+        payload: Bytes,
+    },
+    /// A packet type this agent does not serve (protocol proxies, unknown types).
     Unsupported {
         packet_type: String,
         session_id: Option<SessionId>,
@@ -228,6 +238,12 @@ pub enum ClientPacket {
         /// `None` only when decoding a close without a parsable code.
         exit_code: Option<i32>,
         message: Bytes,
+    },
+    /// The reply to a system request, echoing its id as `gateway.session_id`.
+    SysResponse {
+        kind: SysKind,
+        request_id: SessionId,
+        payload: Bytes,
     },
 }
 
@@ -352,6 +368,11 @@ impl AgentPacket {
                     params,
                     client_env,
                     request_port: p.spec_value(key::REQUEST_PORT).cloned(),
+                    jit_timeout: p
+                        .spec_value(key::JIT_TIMEOUT)
+                        .and_then(|raw| std::str::from_utf8(raw).ok())
+                        .and_then(crate::go_duration::parse)
+                        .filter(|d| !d.is_zero()),
                 }))
             }
             pt::AGENT_EXEC_WRITE_STDIN => AgentPacket::ExecWriteStdin {
@@ -370,6 +391,11 @@ impl AgentPacket {
             }
             pt::AGENT_SESSION_CLOSE => AgentPacket::SessionClose {
                 session_id: need_sid()?,
+            },
+            t if SysKind::from_request_type(t).is_some() => AgentPacket::SysRequest {
+                kind: SysKind::from_request_type(t).unwrap_or(SysKind::BareExec),
+                request_id: need_sid()?,
+                payload: p.payload_bytes().clone(),
             },
             _ => AgentPacket::Unsupported {
                 packet_type,
@@ -416,6 +442,12 @@ impl AgentPacket {
                 if let Some(port) = open.request_port {
                     p.spec.insert(key::REQUEST_PORT.into(), port);
                 }
+                if let Some(d) = open.jit_timeout {
+                    p.spec.insert(
+                        key::JIT_TIMEOUT.into(),
+                        Bytes::from(format!("{}ms", d.as_millis())),
+                    );
+                }
             }
             AgentPacket::ExecWriteStdin { session_id, data } => {
                 p.r#type = pt::AGENT_EXEC_WRITE_STDIN.into();
@@ -435,6 +467,15 @@ impl AgentPacket {
             AgentPacket::SessionClose { session_id } => {
                 p.r#type = pt::AGENT_SESSION_CLOSE.into();
                 set_sid(&mut p, &session_id);
+            }
+            AgentPacket::SysRequest {
+                kind,
+                request_id,
+                payload,
+            } => {
+                p.r#type = kind.request_type().into();
+                set_sid(&mut p, &request_id);
+                p.payload = payload;
             }
             AgentPacket::Unsupported {
                 packet_type,
@@ -459,6 +500,7 @@ impl ClientPacket {
             | ClientPacket::Stdout { session_id, .. }
             | ClientPacket::Stderr { session_id, .. }
             | ClientPacket::SessionClose { session_id, .. } => Some(session_id),
+            ClientPacket::SysResponse { request_id, .. } => Some(request_id),
         }
     }
 
@@ -504,6 +546,15 @@ impl ClientPacket {
                     .insert(key::EXIT_CODE.into(), Bytes::from(code.to_string()));
                 p.payload = message;
             }
+            ClientPacket::SysResponse {
+                kind,
+                request_id,
+                payload,
+            } => {
+                p.r#type = kind.response_type().into();
+                p.spec.insert(key::SESSION_ID.into(), sid(request_id));
+                p.payload = payload;
+            }
         }
         p
     }
@@ -543,6 +594,11 @@ impl ClientPacket {
                     .and_then(|s| s.trim().parse::<i32>().ok()),
                 session_id,
                 message: p.payload_bytes().clone(),
+            },
+            t if SysKind::from_response_type(t).is_some() => ClientPacket::SysResponse {
+                kind: SysKind::from_response_type(t).unwrap_or(SysKind::BareExec),
+                request_id: session_id,
+                payload: p.payload_bytes().clone(),
             },
             _ => {
                 return Err(DecodeError {
@@ -646,9 +702,41 @@ mod tests {
             params,
             client_env: [("envvar:FOO".to_string(), "YmFy".to_string())].into(),
             request_port: None,
+            jit_timeout: Some(std::time::Duration::from_secs(1800)),
         }));
         let wire: WirePacket = open.clone().into_packet().into();
         assert_eq!(AgentPacket::decode(&wire).unwrap(), open);
+        // hoop's CLI sends Go durations (`-d 30m`); a malformed one is ignored, not an error.
+        for (raw, want) in [("30m0s", Some(1800)), ("bogus", None), ("0s", None)] {
+            let mut p = open.clone().into_packet();
+            p.spec.insert(key::JIT_TIMEOUT.into(), Bytes::from(raw));
+            let AgentPacket::SessionOpen(o) = AgentPacket::decode(&p).unwrap() else {
+                panic!("not an open");
+            };
+            assert_eq!(
+                o.jit_timeout,
+                want.map(std::time::Duration::from_secs),
+                "{raw}"
+            );
+        }
+        // A system request keeps its id (not a UUID) and decodes to its kind.
+        let sys = AgentPacket::SysRequest {
+            kind: SysKind::PgManagerApply,
+            request_id: sid("federation-probe-1"),
+            payload: Bytes::from_static(b"{}"),
+        };
+        assert_eq!(
+            AgentPacket::decode(&sys.clone().into_packet()).unwrap(),
+            sys
+        );
+        let reply = ClientPacket::SysResponse {
+            kind: SysKind::PgManagerApply,
+            request_id: sid("federation-probe-1"),
+            payload: Bytes::from_static(b"sid: x"),
+        };
+        let p = reply.clone().into_packet();
+        assert_eq!(p.r#type, "SysPgManagerApplyResponse");
+        assert_eq!(ClientPacket::decode(&p).unwrap(), reply);
     }
 
     #[test]

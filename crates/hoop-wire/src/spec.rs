@@ -46,6 +46,17 @@ pub mod packet_type {
     pub const GATEWAY_FEATURE_FLAG_UPDATE: &str = "GatewayFeatureFlagUpdate";
     /// Prefix of gateway <-> agent system RPCs (`SysBareExecRequest`, ...).
     pub const SYS_PREFIX: &str = "Sys";
+    // System requests (gateway -> agent) and their replies (agent -> gateway), §2.7.
+    pub const SYS_PROVISION_DB_ROLES_REQUEST: &str = "SysProvisionDBRolesRequest";
+    pub const SYS_PROVISION_DB_ROLES_RESPONSE: &str = "SysProvisionDBRolesResponse";
+    pub const SYS_RUNBOOK_HOOK_REQUEST: &str = "SysRunbookHookRequestType";
+    pub const SYS_RUNBOOK_HOOK_RESPONSE: &str = "SysRunbookHookResponseType";
+    pub const SYS_BARE_EXEC_REQUEST: &str = "SysBareExecRequest";
+    pub const SYS_BARE_EXEC_RESPONSE: &str = "SysBareExecResponse";
+    pub const SYS_PG_MANAGER_PLAN_REQUEST: &str = "SysPgManagerPlanRequest";
+    pub const SYS_PG_MANAGER_PLAN_RESPONSE: &str = "SysPgManagerPlanResponse";
+    pub const SYS_PG_MANAGER_APPLY_REQUEST: &str = "SysPgManagerApplyRequest";
+    pub const SYS_PG_MANAGER_APPLY_RESPONSE: &str = "SysPgManagerApplyResponse";
 }
 
 /// gRPC metadata keys and values.
