@@ -11,10 +11,25 @@ pub struct App {
     #[serde(default)]
     pub id: String,
     pub name: String,
-    #[serde(default)]
+    /// The generation's name (`cedar`, `fir`). Heroku sends a string under `version=3.sdk`
+    /// and an object `{id, name}` under `version=3` (heroku-protocols.md §1.5); both decode
+    /// here, and absent or null is `None` (treated as Cedar).
+    #[serde(default, deserialize_with = "generation_name")]
     pub generation: Option<String>,
     #[serde(default)]
     pub stack: Option<NamedRef>,
+}
+
+fn generation_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Shape {
+        Name(String),
+        Object { name: String },
+    }
+    Ok(Option::<Shape>::deserialize(d)?.map(|shape| match shape {
+        Shape::Name(name) | Shape::Object { name } => name,
+    }))
 }
 
 /// A `{name}` reference such as `stack`.
@@ -81,4 +96,32 @@ pub struct ExecCredentials {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct ExecReservation {
     pub dyno_name: String,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_decodes_in_both_of_herokus_shapes() {
+        let app = |generation: &str| -> App {
+            serde_json::from_str(&format!(
+                r#"{{"id":"1","name":"a","stack":{{"id":"2","name":"cnb"}},"space":null{generation}}}"#
+            ))
+            .unwrap()
+        };
+        // version=3: an object; version=3.sdk: a string; absent or null: unknown (Cedar).
+        let object = app(r#","generation":{"id":"0b1","name":"fir"}"#);
+        assert_eq!(object.generation.as_deref(), Some("fir"));
+        assert_eq!(object.stack.unwrap().name, "cnb");
+        assert_eq!(
+            app(r#","generation":"cedar""#).generation.as_deref(),
+            Some("cedar")
+        );
+        assert_eq!(app(r#","generation":null"#).generation, None);
+        assert_eq!(app("").generation, None);
+        // Any other shape is a decode error, not a silent "Cedar".
+        assert!(serde_json::from_str::<App>(r#"{"name":"a","generation":7}"#).is_err());
+    }
 }

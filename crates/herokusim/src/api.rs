@@ -246,13 +246,28 @@ async fn rate_limits(State(shared): State<SharedRef>) -> Response {
     ok_json(StatusCode::OK, &json!({"remaining": remaining}))
 }
 
-async fn app_info(State(shared): State<SharedRef>, Path(app): Path<String>) -> ApiResult {
+async fn app_info(
+    State(shared): State<SharedRef>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    // Heroku answers `generation` as a plain string under `version=3.sdk` (what the CLI
+    // sends) and as an object `{id, name}` under the default `version=3`
+    // (heroku-protocols.md §1.5). Other fields keep their shape.
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let sdk = accept.contains("version=3.sdk");
+    tracing::debug!(accept, "app info");
     let st = shared.state();
     let app = st.apps.get(&app).ok_or_else(ApiError::app_not_found)?;
-    Ok(ok_json(
-        StatusCode::OK,
-        &app.to_json(&shared.config.account_email, shared.account_id),
-    ))
+    let mut body = app.to_json(&shared.config.account_email, shared.account_id);
+    if !sdk && let Some(generation) = body.get_mut("generation") {
+        let name = generation.as_str().unwrap_or_default().to_owned();
+        *generation = json!({"id": crate::state::generation_id(&name), "name": name});
+    }
+    Ok(ok_json(StatusCode::OK, &body))
 }
 
 async fn list_dynos(State(shared): State<SharedRef>, Path(app): Path<String>) -> ApiResult {

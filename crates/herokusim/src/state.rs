@@ -142,6 +142,14 @@ impl Dyno {
     }
 }
 
+/// A stable id for a generation name, as Heroku's generation objects carry one.
+pub(crate) fn generation_id(name: &str) -> Uuid {
+    Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("heroku-generation:{name}").as_bytes(),
+    )
+}
+
 impl App {
     pub fn to_json(&self, owner_email: &str, owner_id: Uuid) -> Value {
         let created = rfc3339(self.created_at);

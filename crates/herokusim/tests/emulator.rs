@@ -1126,3 +1126,33 @@ async fn shutdown_and_drop_kill_every_process() {
         assert_pid_gone(pid).await;
     }
 }
+
+/// `GET /apps/{app}`: `generation` is an object under `version=3` and a string under
+/// `version=3.sdk`, as on Heroku (heroku-protocols.md §1.5); other fields keep their shape.
+#[tokio::test]
+async fn app_generation_shape_follows_the_accept_header() {
+    let sim = start().await;
+    let get = |accept: &'static str| {
+        let url = format!("{}/apps/demo", sim.api_url());
+        let key = sim.api_key().to_owned();
+        async move {
+            let resp = http()
+                .get(url)
+                .bearer_auth(key)
+                .header("Accept", accept)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.json::<Value>().await.unwrap()
+        }
+    };
+    let v3 = get("application/vnd.heroku+json; version=3").await;
+    assert_eq!(v3["generation"]["name"], "cedar", "{v3}");
+    assert!(v3["generation"]["id"].is_string(), "{v3}");
+    let sdk = get("application/vnd.heroku+json; version=3.sdk").await;
+    assert_eq!(sdk["generation"], "cedar", "{sdk}");
+    assert_eq!(v3["stack"], sdk["stack"]);
+    assert!(v3["stack"]["name"].is_string());
+    sim.shutdown().await;
+}
