@@ -24,10 +24,25 @@ struct Env {
 }
 
 async fn setup() -> Env {
+    setup_with(SimConfig::demo()).await
+}
+
+/// The demo config plus `cnbapp`, an app built with Cloud Native Buildpacks (stack `cnb`).
+fn with_cnb_app() -> SimConfig {
+    let mut config = SimConfig::demo();
+    config.apps.push(herokusim::AppConfig {
+        name: "cnbapp".into(),
+        stack: "cnb".into(),
+        ..Default::default()
+    });
+    config
+}
+
+async fn setup_with(config: SimConfig) -> Env {
     init_logs();
     let sim = Sim::start(SimConfig {
         ssh_port: Some(0),
-        ..SimConfig::demo()
+        ..config
     })
     .await
     .unwrap();
@@ -59,9 +74,23 @@ impl Env {
     }
 
     async fn exec(&self, params: Params, stdin: &[u8]) -> Outcome {
+        self.exec_with(params, None, stdin).await
+    }
+
+    /// Like `exec`, with hoop's `jit.timeout` on the session open.
+    async fn exec_with(
+        &self,
+        params: Params,
+        jit_timeout: Option<std::time::Duration>,
+        stdin: &[u8],
+    ) -> Outcome {
         let id = sid();
         let mut replies = self.stream.watch_session(&id);
-        self.stream.send(params.open(&id)).await;
+        let mut open = params.open(&id);
+        if let AgentPacket::SessionOpen(o) = &mut open {
+            o.jit_timeout = jit_timeout;
+        }
+        self.stream.send(open).await;
         let ok = replies.next().await;
         assert!(matches!(ok, ClientPacket::SessionOpenOk { .. }), "{ok:?}");
         self.stream
@@ -86,8 +115,22 @@ impl Env {
     }
 
     /// Ends the test: no session, no one-off dyno, no process left.
-    async fn finish(mut self) {
+    async fn finish(self) {
+        self.finish_apps(&["demo"]).await;
+    }
+
+    /// [`Env::finish`] for tests that use more apps.
+    async fn finish_apps(mut self, apps: &[&str]) {
         self.agent.wait_idle().await;
+        for app in apps {
+            let left: Vec<_> = self
+                .sim
+                .dyno_states(app)
+                .into_iter()
+                .filter(|(name, _)| name.starts_with("run."))
+                .collect();
+            assert!(left.is_empty(), "one-off dynos left on {app}: {left:?}");
+        }
         assert!(
             self.one_off_dynos().is_empty(),
             "one-off dynos left: {:?}",
@@ -411,4 +454,107 @@ async fn a_dropped_rendezvous_is_reported_and_the_dyno_stopped() {
     assert!(out.message.contains("dropped"), "{}", out.message);
     env.sim.set_faults(Faults::default());
     env.finish().await;
+}
+
+/// Every one-off dyno is created with a `time_to_live` (heroku-protocols.md §2.7): Heroku's
+/// maximum by default, the connection's `HEROKU_RUN_TIME_TO_LIVE` when set, and hoop's
+/// `jit.timeout` plus a minute when that is shorter. A bad setting is refused before any dyno.
+#[tokio::test]
+async fn every_one_off_dyno_is_created_with_a_bounded_time_to_live() {
+    let env = setup().await;
+    let secs = |n| Some(std::time::Duration::from_secs(n));
+    let last_ttl = |env: &Env| env.sim.created_dynos().last().unwrap().time_to_live;
+
+    let out = env
+        .exec(env.params(&["--app", "demo", "true"], "exec"), b"")
+        .await;
+    assert_eq!(out.exit_code, Some(0), "{}", out.message);
+    assert_eq!(last_ttl(&env), secs(86_400));
+
+    let configured = env
+        .params(&["--app", "demo", "true"], "exec")
+        .env("envvar:HEROKU_RUN_TIME_TO_LIVE", "600");
+    let out = env.exec(configured.clone(), b"").await;
+    assert_eq!(out.exit_code, Some(0), "{}", out.message);
+    assert_eq!(last_ttl(&env), secs(600));
+
+    // A five-minute access window: the dyno expires a minute after it.
+    let out = env
+        .exec_with(configured, Some(std::time::Duration::from_secs(300)), b"")
+        .await;
+    assert_eq!(out.exit_code, Some(0), "{}", out.message);
+    assert_eq!(last_ttl(&env), secs(360));
+
+    let before = env.sim.created_dynos().len();
+    let bad = env
+        .params(&["--app", "demo", "true"], "exec")
+        .env("envvar:HEROKU_RUN_TIME_TO_LIVE", "forever");
+    let out = env.exec(bad, b"").await;
+    assert_eq!(out.exit_code, Some(2));
+    assert!(
+        out.message.contains("HEROKU_RUN_TIME_TO_LIVE"),
+        "{}",
+        out.message
+    );
+    assert_eq!(
+        env.sim.created_dynos().len(),
+        before,
+        "no dyno for a bad setting"
+    );
+    env.finish().await;
+}
+
+/// On an app with stack `cnb` the command gets the CNB `launcher ` prefix, as the Heroku CLI
+/// adds it (heroku-protocols.md §2.6); `--no-launcher` and other stacks leave it alone.
+#[tokio::test]
+async fn cnb_apps_run_commands_through_the_launcher() {
+    let env = setup_with(with_cnb_app()).await;
+    let last_command = |env: &Env| env.sim.created_dynos().last().unwrap().command.clone();
+
+    let out = env
+        .exec(
+            env.params(&["--app", "cnbapp", "echo hi; (exit 4)"], "exec"),
+            b"",
+        )
+        .await;
+    assert_eq!(
+        (out.stdout.as_slice(), out.exit_code),
+        (&b"hi\n"[..], Some(4)),
+        "{}",
+        out.message
+    );
+    assert!(
+        last_command(&env).starts_with("launcher "),
+        "{}",
+        last_command(&env)
+    );
+    assert!(
+        last_command(&env).contains("echo hi; (exit 4)"),
+        "{}",
+        last_command(&env)
+    );
+
+    let out = env
+        .exec(
+            env.params(&["--app", "cnbapp", "--no-launcher", "echo plain"], "exec"),
+            b"",
+        )
+        .await;
+    assert_eq!(out.stdout, b"plain\n", "{}", out.message);
+    assert!(
+        !last_command(&env).contains("launcher"),
+        "{}",
+        last_command(&env)
+    );
+
+    let out = env
+        .exec(env.params(&["--app", "demo", "echo cedar"], "exec"), b"")
+        .await;
+    assert_eq!(out.stdout, b"cedar\n", "{}", out.message);
+    assert!(
+        !last_command(&env).contains("launcher"),
+        "{}",
+        last_command(&env)
+    );
+    env.finish_apps(&["demo", "cnbapp"]).await;
 }

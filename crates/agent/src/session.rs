@@ -308,6 +308,7 @@ async fn drive(
         args: open.params.client_args.clone(),
         env,
         mode,
+        jit_timeout: open.jit_timeout,
     };
     let mut backlog: std::collections::VecDeque<Input> = std::collections::VecDeque::new();
     if let Some(data) = first_input {

@@ -1,5 +1,5 @@
 //! `heroku run` arguments, parsed like Heroku's CLI parses them (heroku-protocols.md §2.2):
-//! `-a/--app` (required), `-s/--size`, `--type`, `-e/--env 'A=1;B=2'`, `--no-tty`,
+//! `-a/--app` (required), `-s/--size`, `--type`, `-e/--env 'A=1;B=2'`, `--no-tty`, `--no-launcher`,
 //! `-x/--exit-code` (accepted; dynoagent always passes exit codes through), then the command
 //! (`--` optional), or `--help`. Parsing uses clap; validation of app and env names is ours.
 //! Everything here runs before any API call, so a bad argument costs nothing.
@@ -14,6 +14,8 @@ pub struct RunArgs {
     pub kind: Option<String>,
     pub env: Vec<(String, String)>,
     pub no_tty: bool,
+    /// Do not prefix `launcher ` on Cloud Native Buildpack apps (heroku-protocols.md §2.6).
+    pub no_launcher: bool,
     /// The command as the dyno will see it (before the exit marker is appended).
     pub command: String,
 }
@@ -37,7 +39,7 @@ pub struct ArgsError(pub String);
     no_binary_name = true,
     disable_version_flag = true,
     about = "Run a one-off process inside a Heroku dyno",
-    override_usage = "heroku run --app APP [--size SIZE] [--type TYPE] [--env 'A=1;B=2'] [--no-tty] [--exit-code] [--] COMMAND..."
+    override_usage = "heroku run --app APP [--size SIZE] [--type TYPE] [--env 'A=1;B=2'] [--no-tty] [--no-launcher] [--exit-code] [--] COMMAND..."
 )]
 struct Cli {
     /// The app to run the command on.
@@ -55,6 +57,9 @@ struct Cli {
     /// Run without a terminal (always the case for exec sessions).
     #[arg(long = "no-tty")]
     no_tty: bool,
+    /// Do not prefix the command with the CNB `launcher` on apps with stack `cnb`.
+    #[arg(long = "no-launcher")]
+    no_launcher: bool,
     /// Pass the command's exit code through (always on in dynoagent).
     #[arg(short = 'x', long = "exit-code")]
     exit_code: bool,
@@ -114,6 +119,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, ArgsError> {
         kind: cli.kind,
         env,
         no_tty: cli.no_tty,
+        no_launcher: cli.no_launcher,
         command,
     }))
 }
@@ -222,6 +228,8 @@ mod tests {
             ]
         );
         assert!(r.no_tty);
+        assert!(!r.no_launcher);
+        assert!(run(&["-a", "abc", "--no-launcher", "x"]).no_launcher);
         assert_eq!(r.command, "python3 -c print(1)");
         assert_eq!(run(&["-a", "abc", "bash"]).command, "bash");
         assert_eq!(run(&["-a", "abc", "rake test"]).command, "rake test");

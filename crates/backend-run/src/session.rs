@@ -16,6 +16,44 @@ use crate::rendezvous::{self, RendezvousConfig};
 const EOT: u8 = 0x04;
 /// Exit code for bad arguments (nothing was started).
 const USAGE_EXIT_CODE: i32 = 2;
+/// The longest `time_to_live` Heroku accepts, and the default (heroku-protocols.md §2.7).
+pub const MAX_TIME_TO_LIVE_SECS: u64 = 86_400;
+/// Added to hoop's `jit.timeout` so that the dyno outlives the access window by a little and
+/// the gateway, not the expiry, ends the session.
+const JIT_MARGIN_SECS: u64 = 60;
+
+/// `time_to_live` for the one-off dyno: the connection's `HEROKU_RUN_TIME_TO_LIVE` (seconds,
+/// default and cap 86400), shortened to hoop's `jit.timeout` plus a minute when the session
+/// carries a shorter one. It bounds a dyno left behind if the agent dies (§2.7).
+pub(crate) fn time_to_live(request: &SessionRequest) -> Result<u64, ExitStatus> {
+    let configured = match request.env.connection_str("HEROKU_RUN_TIME_TO_LIVE") {
+        None => MAX_TIME_TO_LIVE_SECS,
+        Some(raw) => match raw.trim().parse::<u64>() {
+            Ok(n) if n >= 1 => n.min(MAX_TIME_TO_LIVE_SECS),
+            _ => {
+                return Err(ExitStatus {
+                    code: USAGE_EXIT_CODE,
+                    message: format!(
+                        "HEROKU_RUN_TIME_TO_LIVE must be a whole number of seconds between 1 and {MAX_TIME_TO_LIVE_SECS}; fix the connection's setting"
+                    ),
+                });
+            }
+        },
+    };
+    let jit = request
+        .jit_timeout
+        .map(|d| d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0)))
+        .map(|s| s.saturating_add(JIT_MARGIN_SECS));
+    Ok(jit.map_or(configured, |j| j.min(configured)))
+}
+
+/// Whether the command gets the CNB `launcher ` prefix, as the CLI adds it: on apps with stack
+/// `cnb`, unless the user's command already starts with it (§2.6). The prefix goes before the
+/// whole body, exit-marker wrapping included, as in the CLI's
+/// `launcher <command> ; echo "\u{FFFF} heroku-command-exit-status: $?"`.
+pub(crate) fn needs_launcher(user_command: &str, stack: Option<&str>) -> bool {
+    stack == Some("cnb") && !user_command.starts_with("launcher ")
+}
 
 /// Settings for the run backend.
 #[derive(Clone, Debug)]
@@ -76,10 +114,30 @@ pub(crate) async fn run(config: RunConfig, request: SessionRequest, io: SessionI
             "HEROKU_API_KEY is not set for this connection: add it as a connection secret (envvar:HEROKU_API_KEY), or set it on the agent and give the connection the value system.agent.envs",
         );
     };
+    let ttl = match time_to_live(&request) {
+        Ok(ttl) => ttl,
+        Err(refused) => return refused,
+    };
     let client = match HerokuClient::new(config.api.clone(), ApiKey::new(key)) {
         Ok(c) => c,
         Err(e) => return ExitStatus::internal(e.to_string()),
     };
+    // Like the CLI: one app lookup for the stack, skipped with --no-launcher; a failure stops
+    // the session before any dyno exists.
+    let mut launcher = false;
+    if !run_args.no_launcher {
+        let app = tokio::select! {
+            () = io.cancel.cancelled() => return ExitStatus::internal("session closed"),
+            r = client.app(&run_args.app) => r,
+        };
+        match app {
+            Ok(app) => {
+                let stack = app.stack.as_ref().map(|s| s.name.as_str());
+                launcher = needs_launcher(&run_args.command, stack);
+            }
+            Err(e) => return ExitStatus::internal(e.to_string()),
+        }
+    }
     let SessionIo {
         mut input,
         stdout,
@@ -104,7 +162,11 @@ pub(crate) async fn run(config: RunConfig, request: SessionRequest, io: SessionI
         }
     }
     let nonce = marker::new_nonce();
-    let (body, send_input) = dyno_request(&run_args, request.mode, &stdin, &nonce);
+    let (mut body, send_input) = dyno_request(&run_args, request.mode, &stdin, &nonce);
+    body.time_to_live = Some(ttl);
+    if launcher {
+        body.command = format!("launcher {}", body.command);
+    }
     if send_input.base64 {
         let _ = stderr
             .write(Bytes::from_static(

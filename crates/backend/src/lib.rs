@@ -47,6 +47,9 @@ pub struct SessionRequest {
     /// The session environment, already resolved (secrets decoded, files written).
     pub env: SessionEnv,
     pub mode: Mode,
+    /// The access duration the user was granted (hoop's `jit.timeout`), if the gateway sent
+    /// one. Backends that start billable resources bound them by it.
+    pub jit_timeout: Option<std::time::Duration>,
 }
 
 impl fmt::Debug for SessionRequest {
@@ -59,6 +62,7 @@ impl fmt::Debug for SessionRequest {
             .field("args", &self.args.len())
             .field("env", &self.env)
             .field("mode", &self.mode)
+            .field("jit_timeout", &self.jit_timeout)
             .finish()
     }
 }

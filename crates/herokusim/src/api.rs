@@ -323,7 +323,13 @@ async fn create_dyno(
         }
     }
     let req = parse_create(&body)?;
+    let record = crate::CreatedDyno {
+        app: app.clone(),
+        command: req.command.clone(),
+        time_to_live: req.time_to_live,
+    };
     let json = dynos::create_one_off(&shared, &app, req).ok_or_else(ApiError::app_not_found)?;
+    shared.state().created.push(record);
     Ok(ok_json(StatusCode::CREATED, &json))
 }
 

@@ -56,6 +56,17 @@ pub(crate) fn exec_env(app: &App, dyno: &Dyno) -> Vec<(String, String)> {
     env
 }
 
+/// The command a one-off dyno runs: on a Cloud Native Buildpack app (stack `cnb`) a leading
+/// `launcher ` is the CNB launcher, which sets up the buildpacks' environment and runs the rest
+/// (a process type or a shell command); elsewhere `launcher` is an ordinary word, and so a
+/// command that is not found, as on Cedar (heroku-protocols.md §8.1).
+pub(crate) fn resolve_command(app: &crate::state::App, command: &str) -> String {
+    match command.strip_prefix("launcher ") {
+        Some(rest) if app.stack == "cnb" => resolve_process_type(&app.formation, rest.trim_start()),
+        _ => resolve_process_type(&app.formation, command),
+    }
+}
+
 /// Resolves a leading Procfile process type, as the runtime does: only when the first token
 /// is a process type and is followed by whitespace or ends the command (so `web;` is not).
 pub(crate) fn resolve_process_type(formation: &[DynoConfig], command: &str) -> String {
@@ -311,7 +322,7 @@ fn start_detached(shared: &SharedRef, app_name: &str, id: Uuid, cancel: &Cancell
         let Some(dyno) = app.dynos.values().find(|d| d.id == id) else {
             return;
         };
-        let command = resolve_process_type(&app.formation, &dyno.command);
+        let command = resolve_command(app, &dyno.command);
         let env = process_env(app, &dyno.name, &dyno.env);
         let spec = ProcSpec {
             command: Some(&command),

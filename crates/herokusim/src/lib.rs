@@ -129,6 +129,15 @@ impl Endpoints {
 }
 
 /// The emulator's entry point.
+/// A one-off dyno create the API accepted, as the client sent it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreatedDyno {
+    pub app: String,
+    /// The command exactly as sent (with any `launcher ` prefix and exit marker).
+    pub command: String,
+    pub time_to_live: Option<std::time::Duration>,
+}
+
 #[derive(Debug)]
 pub struct Sim;
 
@@ -229,6 +238,7 @@ impl Sim {
                 next_run: 1000,
                 next_boot: 0,
                 rate: RatePool::new(config.rate_limit_pool, config.rate_limit_refill_per_minute),
+                created: Vec::new(),
             }),
             faults: Mutex::new(config.faults.clone()),
             procs: process::ProcessTable::default(),
@@ -375,6 +385,11 @@ impl RunningSim {
     pub fn live_process_groups(&self) -> Vec<i32> {
         self.shared.procs.snapshot()
     }
+    /// Every one-off dyno create the API accepted so far, oldest first.
+    pub fn created_dynos(&self) -> Vec<CreatedDyno> {
+        self.shared.state().created.clone()
+    }
+
     /// `(name, state)` of every dyno of `app`, as the API lists them.
     pub fn dyno_states(&self, app: &str) -> Vec<(String, String)> {
         self.shared

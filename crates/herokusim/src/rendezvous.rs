@@ -23,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::dynos::{process_env, remove_dyno, resolve_process_type, set_one_off_state};
+use crate::dynos::{process_env, remove_dyno, resolve_command, set_one_off_state};
 use crate::process::{ProcSpec, spawn_merged, spawn_pty, terminate};
 use crate::state::{DynoKind, SharedRef};
 
@@ -121,7 +121,7 @@ fn claim(shared: &SharedRef, secret: &str) -> Option<Claim> {
         app: app_name.clone(),
         id,
         name: dyno.name.clone(),
-        command: resolve_process_type(&app.formation, &dyno.command),
+        command: resolve_command(app, &dyno.command),
         env,
         cwd: app.home.clone(),
         tty: !dyno.force_no_tty,

@@ -65,6 +65,8 @@ pub(crate) struct State {
     pub next_run: u32,
     pub next_boot: u64,
     pub rate: RatePool,
+    /// Every one-off create request that was accepted, oldest first (for tests).
+    pub created: Vec<crate::CreatedDyno>,
 }
 
 /// One app.

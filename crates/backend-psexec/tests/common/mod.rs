@@ -132,6 +132,7 @@ pub fn start(
         args: args.iter().map(|s| (*s).to_owned()).collect(),
         env,
         mode,
+        jit_timeout: None,
     };
     let task = tokio::spawn(backend.run(request, io));
     Running {
