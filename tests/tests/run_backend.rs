@@ -412,3 +412,27 @@ async fn a_dropped_rendezvous_is_reported_and_the_dyno_stopped() {
     env.sim.set_faults(Faults::default());
     env.finish().await;
 }
+
+/// Defect 1 (issue 14): the dyno resets the rendezvous connection while the agent is still
+/// writing a large exec input into a command that does not read it. The write and the read
+/// fail together; whichever the session sees first, it must end with a clear error and the
+/// dyno must be gone. Four sessions at once, so that every order is exercised.
+#[tokio::test]
+async fn a_rendezvous_reset_mid_write_ends_the_session_and_stops_the_dyno() {
+    let env = setup().await;
+    env.sim.set_faults(Faults {
+        reset_rendezvous_after_input: Some(1000),
+        ..Faults::default()
+    });
+    // More than the loopback socket buffers on both sides hold, so the write is pending when
+    // the reset arrives. No 0x04 byte: the input goes as is.
+    let input = vec![b'x'; 12 << 20];
+    let session = || env.exec(env.params(&["--app", "demo", "sleep 100"], "exec"), &input);
+    let outs = tokio::join!(session(), session(), session(), session());
+    for out in [outs.0, outs.1, outs.2, outs.3] {
+        assert_eq!(out.exit_code, Some(254), "{}", out.message);
+        assert!(out.message.contains("dropped"), "{}", out.message);
+    }
+    env.sim.set_faults(Faults::default());
+    env.finish().await;
+}

@@ -31,6 +31,11 @@ pub struct Faults {
     /// Drop every rendezvous connection abruptly (no TLS close_notify) after this many output
     /// bytes; the one-off's process is killed as for a client disconnect.
     pub drop_rendezvous_after: Option<u64>,
+    /// Reset every rendezvous connection (TCP RST, no TLS close_notify) once more than this
+    /// many input bytes were read from the client, as when a dyno's process exits without
+    /// reading its input; the client's pending write and read fail. The one-off's process is
+    /// killed as for a client disconnect.
+    pub reset_rendezvous_after_input: Option<u64>,
     /// Drop every SSH connection abruptly (TCP closed, no SSH close) after this many bytes of
     /// channel data were sent to the client; its processes are killed.
     pub drop_ssh_after: Option<u64>,

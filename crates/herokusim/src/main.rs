@@ -58,6 +58,9 @@ struct Args {
     /// Fault: drop rendezvous connections after N output bytes.
     #[arg(long, value_name = "BYTES")]
     drop_rendezvous_after: Option<u64>,
+    /// Fault: reset rendezvous connections (TCP RST) after N input bytes.
+    #[arg(long, value_name = "BYTES")]
+    reset_rendezvous_after_input: Option<u64>,
     /// Fault: drop SSH connections after N bytes of channel data.
     #[arg(long, value_name = "BYTES")]
     drop_ssh_after: Option<u64>,
@@ -112,6 +115,9 @@ fn build_config(args: &Args) -> Result<SimConfig, herokusim::SimError> {
     }
     if args.drop_rendezvous_after.is_some() {
         f.drop_rendezvous_after = args.drop_rendezvous_after;
+    }
+    if args.reset_rendezvous_after_input.is_some() {
+        f.reset_rendezvous_after_input = args.reset_rendezvous_after_input;
     }
     if args.drop_ssh_after.is_some() {
         f.drop_ssh_after = args.drop_ssh_after;
