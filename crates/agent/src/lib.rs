@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod budget;
 pub mod config;
 mod engine;
 pub mod logging;
@@ -21,7 +22,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{AgentConfig, ConfigError, LogConfig, LogEncoding};
+pub use config::{AgentConfig, ConfigError, LogConfig, LogEncoding, SessionLimits};
 pub use router::Router;
 
 /// The agent's version, sent to the gateway as `version`.
@@ -51,6 +52,8 @@ impl Agent {
             live,
             shutdown,
             drain_timeout,
+            input_budget: budget::Budget::new(config.limits.agent_input_bytes),
+            limits: config.limits.clone(),
         });
         Agent { config, shared }
     }
