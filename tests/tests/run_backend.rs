@@ -436,3 +436,49 @@ async fn a_rendezvous_reset_mid_write_ends_the_session_and_stops_the_dyno() {
     env.sim.set_faults(Faults::default());
     env.finish().await;
 }
+
+/// Issue 14: a session closed while its dyno create is in flight must not leave the dyno
+/// behind. The emulator creates the dyno at once and answers 3 s later.
+#[tokio::test]
+async fn closing_during_dyno_create_leaves_no_dyno() {
+    let mut env = setup().await;
+    env.sim.set_faults(Faults {
+        create_response_delay_ms: 3000,
+        ..Faults::default()
+    });
+    let id = sid();
+    let mut replies = env.stream.watch_session(&id);
+    env.stream
+        .send(
+            env.params(&["--app", "demo", "sleep 100"], "exec")
+                .open(&id),
+        )
+        .await;
+    assert!(matches!(
+        replies.next().await,
+        ClientPacket::SessionOpenOk { .. }
+    ));
+    env.stream
+        .send(AgentPacket::ExecWriteStdin {
+            session_id: id.clone(),
+            data: Bytes::new(),
+        })
+        .await;
+    dynoagent_tests::faults::wait_until(
+        "the dyno to exist",
+        std::time::Duration::from_secs(10),
+        || !env.one_off_dynos().is_empty(),
+    )
+    .await;
+    env.stream
+        .send(AgentPacket::SessionClose { session_id: id })
+        .await;
+    env.agent.wait_idle().await;
+    env.sim.set_faults(Faults::default());
+    assert!(
+        env.one_off_dynos().is_empty(),
+        "a dyno outlived its session: {:?}",
+        env.one_off_dynos()
+    );
+    env.finish().await;
+}

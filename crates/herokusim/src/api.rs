@@ -309,6 +309,10 @@ async fn create_dyno(
     }
     let req = parse_create(&body)?;
     let json = dynos::create_one_off(&shared, &app, req).ok_or_else(ApiError::app_not_found)?;
+    let delay = shared.faults().create_response_delay_ms;
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     Ok(ok_json(StatusCode::CREATED, &json))
 }
 

@@ -17,6 +17,9 @@ pub struct Faults {
     pub create_conflicts: u32,
     /// Answer the next N creates with 422 `cannot_run_above_limit`.
     pub create_limit_errors: u32,
+    /// Create one-off dynos at once but answer the create this many milliseconds later (a
+    /// slow API): a client that gives up meanwhile leaves a dyno it never heard of.
+    pub create_response_delay_ms: u64,
     /// Answer the next N Platform API requests with 429 `rate_limit`, `RateLimit-Remaining: 0`
     /// and `Retry-After: retry_after_secs`.
     pub rate_limited: u32,

@@ -52,6 +52,9 @@ struct Args {
     /// Status of injected server errors (default 503).
     #[arg(long, value_name = "STATUS")]
     server_error_status: Option<u16>,
+    /// Fault: answer dyno creates this much later (the dyno exists at once).
+    #[arg(long, value_name = "MS")]
+    create_response_delay_ms: Option<u64>,
     /// Fault: delay the rendezvous ack.
     #[arg(long, value_name = "MS")]
     ack_delay_ms: Option<u64>,
@@ -109,6 +112,9 @@ fn build_config(args: &Args) -> Result<SimConfig, herokusim::SimError> {
     }
     if let Some(s) = args.server_error_status {
         f.server_error_status = s;
+    }
+    if let Some(ms) = args.create_response_delay_ms {
+        f.create_response_delay_ms = ms;
     }
     if let Some(ms) = args.ack_delay_ms {
         f.ack_delay_ms = ms;
