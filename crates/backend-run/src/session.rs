@@ -114,12 +114,25 @@ pub(crate) async fn run(config: RunConfig, request: SessionRequest, io: SessionI
             .await;
     }
 
-    let dyno = tokio::select! {
-        () = cancel.cancelled() => return ExitStatus::internal("session closed"),
-        r = client.create_dyno(&run_args.app, &body) => match r {
-            Ok(d) => d,
-            Err(e) => return ExitStatus::internal(e.to_string()),
-        },
+    let create = client.create_dyno(&run_args.app, &body);
+    tokio::pin!(create);
+    let created = tokio::select! {
+        () = cancel.cancelled() => None,
+        r = &mut create => Some(r),
+    };
+    let dyno = match created {
+        Some(Ok(d)) => d,
+        Some(Err(e)) => return ExitStatus::internal(e.to_string()),
+        None => {
+            // The request may already have created the dyno: let it finish (bounded by the
+            // API client's timeout and attempts) and stop what it made, so nothing is left
+            // running and billing.
+            if let Ok(d) = create.await {
+                tracing::info!(app = %run_args.app, dyno = %d.name, "session closed during dyno create: stopping the new dyno");
+                stop_dyno(&config, &client, &run_args.app, &d.name).await;
+            }
+            return ExitStatus::internal("session closed");
+        }
     };
     tracing::info!(app = %run_args.app, dyno = %dyno.name, "one-off dyno created");
     report.set_dyno(&dyno.name);
@@ -138,24 +151,20 @@ pub(crate) async fn run(config: RunConfig, request: SessionRequest, io: SessionI
 
     // Always stop the dyno: a closed rendezvous stops it too, but a dropped agent must not
     // leave one running and billing.
-    match tokio::time::timeout(
-        config.stop_timeout,
-        client.stop_dyno(&run_args.app, &dyno.name),
-    )
-    .await
-    {
-        Ok(Ok(())) => {
-            tracing::info!(app = %run_args.app, dyno = %dyno.name, "one-off dyno stopped")
-        }
+    stop_dyno(&config, &client, &run_args.app, &dyno.name).await;
+    status
+}
+
+/// Stops (deletes) a one-off dyno, bounded by `stop_timeout`; a dyno already gone is fine.
+async fn stop_dyno(config: &RunConfig, client: &HerokuClient, app: &str, dyno: &str) {
+    match tokio::time::timeout(config.stop_timeout, client.stop_dyno(app, dyno)).await {
+        Ok(Ok(())) => tracing::info!(%app, %dyno, "one-off dyno stopped"),
         Ok(Err(e)) if e.api().is_some_and(|a| a.status == 404) => {}
         Ok(Err(e)) => {
-            tracing::warn!(app = %run_args.app, dyno = %dyno.name, error = %e, "cannot stop the one-off dyno")
+            tracing::warn!(%app, %dyno, error = %e, "cannot stop the one-off dyno")
         }
-        Err(_) => {
-            tracing::warn!(app = %run_args.app, dyno = %dyno.name, "timed out stopping the one-off dyno")
-        }
+        Err(_) => tracing::warn!(%app, %dyno, "timed out stopping the one-off dyno"),
     }
-    status
 }
 
 /// What to write to the dyno once attached.
