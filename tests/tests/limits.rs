@@ -138,9 +138,11 @@ async fn idle_sessions_and_sessions_past_their_lifetime_are_closed_with_the_reas
     agent.shutdown().await;
 }
 
-/// A backend that ignores cancellation and never returns.
-#[derive(Debug)]
-struct Stubborn;
+/// A backend that ignores cancellation and never returns; `started` fires when it runs.
+#[derive(Debug, Default)]
+struct Stubborn {
+    started: tokio::sync::Notify,
+}
 
 impl Backend for Stubborn {
     fn name(&self) -> &'static str {
@@ -151,6 +153,7 @@ impl Backend for Stubborn {
         _request: SessionRequest,
         _io: SessionIo,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ExitStatus> + Send>> {
+        self.started.notify_one();
         Box::pin(std::future::pending())
     }
 }
@@ -163,7 +166,8 @@ async fn a_backend_that_ignores_close_is_abandoned_at_the_deadline() {
     let mut config = AgentConfig::from_sources(&env, agent::VERSION).unwrap();
     config.limits.cancel_deadline = Duration::from_millis(500);
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let agent = Agent::new(config, Router::new(Arc::new(Stubborn)), shutdown.clone());
+    let stubborn = Arc::new(Stubborn::default());
+    let agent = Agent::new(config, Router::new(stubborn.clone()), shutdown.clone());
     let mut live = agent.live_sessions();
     let task = tokio::spawn(agent.run());
     let stream = gw.next_agent().await;
@@ -175,10 +179,10 @@ async fn a_backend_that_ignores_close_is_abandoned_at_the_deadline() {
             data: Bytes::new(),
         })
         .await;
-    tokio::time::timeout(WAIT, live.wait_for(|n| *n == 1))
+    tokio::time::timeout(WAIT, stubborn.started.notified())
         .await
-        .unwrap()
-        .unwrap();
+        .expect("the backend never ran");
+    assert_eq!(*live.borrow(), 1);
     stream
         .send(AgentPacket::SessionClose { session_id: id })
         .await;
@@ -191,4 +195,50 @@ async fn a_backend_that_ignores_close_is_abandoned_at_the_deadline() {
         .await
         .unwrap()
         .unwrap();
+}
+
+/// Issue 14: one shutdown deadline shared by the engine's drain, the stream close and the
+/// final task wait. A session whose backend ignores the close must not stretch the shutdown
+/// past `DYNOAGENT_SHUTDOWN_TIMEOUT_SECS`.
+#[tokio::test]
+async fn shutdown_ends_within_its_one_deadline_even_with_a_stuck_session() {
+    init_logs();
+    let mut gw = FakeGateway::start("agent-stuck", "xagt-stuck-secret").await;
+    let env: HashMap<String, String> = [
+        ("HOOP_KEY".to_owned(), gw.dsn()),
+        ("DYNOAGENT_SHUTDOWN_TIMEOUT_SECS".to_owned(), "8".to_owned()),
+    ]
+    .into();
+    let mut config = AgentConfig::from_sources(&env, agent::VERSION).unwrap();
+    // Longer than the shutdown: only the shutdown deadline can end this session.
+    config.limits.cancel_deadline = Duration::from_secs(600);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stubborn = Arc::new(Stubborn::default());
+    let agent = Agent::new(config, Router::new(stubborn.clone()), shutdown.clone());
+    let live = agent.live_sessions();
+    let task = tokio::spawn(agent.run());
+    let stream = gw.next_agent().await;
+    let tag = Tag::new();
+    let (id, _replies) = open(&stream, Params::new(&["anything"], "exec", &tag)).await;
+    stream
+        .send(AgentPacket::ExecWriteStdin {
+            session_id: id,
+            data: Bytes::new(),
+        })
+        .await;
+    tokio::time::timeout(WAIT, stubborn.started.notified())
+        .await
+        .expect("the backend never ran");
+    assert_eq!(*live.borrow(), 1);
+    let started = std::time::Instant::now();
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took <= Duration::from_secs(8),
+        "shutdown took {took:?}, over its 8 s budget"
+    );
 }

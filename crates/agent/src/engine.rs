@@ -45,11 +45,27 @@ pub(crate) struct Shared {
     pub(crate) tracker: TaskTracker,
     pub(crate) live: watch::Sender<usize>,
     pub(crate) shutdown: CancellationToken,
-    /// Time allowed for live sessions to close during shutdown.
-    pub(crate) drain_timeout: Duration,
+    /// The whole shutdown's budget, from the first moment it is observed.
+    pub(crate) shutdown_timeout: Duration,
+    /// The one shutdown deadline, fixed when shutdown is first observed.
+    pub(crate) shutdown_at: std::sync::OnceLock<tokio::time::Instant>,
     /// Client input held by all sessions together, in bytes.
     pub(crate) input_budget: Budget,
     pub(crate) limits: SessionLimits,
+}
+
+/// Kept free at the end of the shutdown budget, so that the binary's own wait (the same
+/// budget, started at the signal) never fires before the agent is done.
+const EXIT_MARGIN: Duration = Duration::from_secs(1);
+
+impl Shared {
+    /// The one shutdown deadline (engine drain, stream close and the final task wait all end
+    /// by it), fixed the first time anyone asks after shutdown began.
+    pub(crate) fn shutdown_deadline(&self) -> tokio::time::Instant {
+        *self.shutdown_at.get_or_init(|| {
+            tokio::time::Instant::now() + self.shutdown_timeout.saturating_sub(EXIT_MARGIN)
+        })
+    }
 }
 
 struct Registry {
@@ -73,11 +89,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut conn: Connection) {
         tokio::select! {
             biased;
             () = shared.shutdown.cancelled() => {
-                drain(&shared, &mut reg, &mut done_rx).await;
+                let deadline = shared.shutdown_deadline();
+                drain(&mut reg, &mut done_rx, deadline - STREAM_CLOSE_WAIT).await;
                 // Every sender must be gone for the half-close to reach the gateway.
                 drop(out);
                 drop(reg);
-                conn.close(STREAM_CLOSE_WAIT).await;
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                conn.close(left.min(STREAM_CLOSE_WAIT)).await;
                 return;
             }
             Some((sid, generation)) = done_rx.recv() => reg.remove(&sid, generation),
@@ -118,9 +136,9 @@ impl Registry {
 }
 
 async fn drain(
-    shared: &Shared,
     reg: &mut Registry,
     done_rx: &mut mpsc::UnboundedReceiver<(SessionId, u64)>,
+    until: tokio::time::Instant,
 ) {
     tracing::info!(
         sessions = reg.sessions.len(),
@@ -137,10 +155,7 @@ async fn drain(
             }
         }
     };
-    if tokio::time::timeout(shared.drain_timeout, wait)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout_at(until, wait).await.is_err() {
         tracing::error!(
             sessions = reg.sessions.len(),
             "sessions did not close within the shutdown timeout"
