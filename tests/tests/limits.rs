@@ -64,6 +64,59 @@ async fn terminal_input_is_budgeted_in_bytes_per_session() {
 }
 
 #[tokio::test]
+async fn the_agent_wide_budget_caps_all_sessions_together() {
+    let tag = Tag::new();
+    let (_gw, mut agent, stream) = setup(&[
+        ("DYNOAGENT_SESSION_INPUT_MIB", "8"),
+        ("DYNOAGENT_INPUT_BUDGET_MIB", "3"),
+    ])
+    .await;
+    let paste = Bytes::from("y\n".repeat(512 * 1024));
+    // The first session's process never reads: it keeps 3 x 1 MiB, the agent's whole budget.
+    let (first, _first_replies) =
+        open(&stream, Params::new(&["sleep", "600"], "connect", &tag)).await;
+    // The first terminal write only picks the mode and is discarded.
+    for _ in 0..4 {
+        stream
+            .send(AgentPacket::TerminalWriteStdin {
+                session_id: first.clone(),
+                data: paste.clone(),
+            })
+            .await;
+    }
+    // The second session cannot get budget for its input and is closed, naming the setting.
+    let (second, mut replies) =
+        open(&stream, Params::new(&["sleep", "600"], "connect", &tag)).await;
+    for _ in 0..2 {
+        stream
+            .send(AgentPacket::TerminalWriteStdin {
+                session_id: second.clone(),
+                data: paste.clone(),
+            })
+            .await;
+    }
+    let out = replies.until_close().await;
+    assert_eq!(out.exit_code, Some(254), "{}", out.message);
+    assert!(
+        out.message.contains("DYNOAGENT_INPUT_BUDGET_MIB"),
+        "{}",
+        out.message
+    );
+    stream
+        .send(AgentPacket::SessionClose { session_id: second })
+        .await;
+    // Closing the first session returns its budget.
+    stream
+        .send(AgentPacket::SessionClose {
+            session_id: first.clone(),
+        })
+        .await;
+    agent.wait_idle().await;
+    tag.assert_no_processes();
+    agent.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_session_without_input_is_closed_after_the_first_input_timeout() {
     let tag = Tag::new();
     let (_gw, mut agent, stream) = setup(&[("DYNOAGENT_FIRST_INPUT_TIMEOUT_SECS", "1")]).await;
