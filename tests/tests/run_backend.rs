@@ -558,3 +558,73 @@ async fn cnb_apps_run_commands_through_the_launcher() {
     );
     env.finish_apps(&["demo", "cnbapp"]).await;
 }
+
+/// Defect 1 (issue 14): the dyno resets the rendezvous connection while the agent is still
+/// writing a large exec input into a command that does not read it. The write and the read
+/// fail together; whichever the session sees first, it must end with a clear error and the
+/// dyno must be gone. Four sessions at once, so that every order is exercised.
+#[tokio::test]
+async fn a_rendezvous_reset_mid_write_ends_the_session_and_stops_the_dyno() {
+    let env = setup().await;
+    env.sim.set_faults(Faults {
+        reset_rendezvous_after_input: Some(1000),
+        ..Faults::default()
+    });
+    // More than the loopback socket buffers on both sides hold, so the write is pending when
+    // the reset arrives. No 0x04 byte: the input goes as is.
+    let input = vec![b'x'; 12 << 20];
+    let session = || env.exec(env.params(&["--app", "demo", "sleep 100"], "exec"), &input);
+    let outs = tokio::join!(session(), session(), session(), session());
+    for out in [outs.0, outs.1, outs.2, outs.3] {
+        assert_eq!(out.exit_code, Some(254), "{}", out.message);
+        assert!(out.message.contains("dropped"), "{}", out.message);
+    }
+    env.sim.set_faults(Faults::default());
+    env.finish().await;
+}
+
+/// Issue 14: a session closed while its dyno create is in flight must not leave the dyno
+/// behind. The emulator creates the dyno at once and answers 3 s later.
+#[tokio::test]
+async fn closing_during_dyno_create_leaves_no_dyno() {
+    let mut env = setup().await;
+    env.sim.set_faults(Faults {
+        create_response_delay_ms: 3000,
+        ..Faults::default()
+    });
+    let id = sid();
+    let mut replies = env.stream.watch_session(&id);
+    env.stream
+        .send(
+            env.params(&["--app", "demo", "sleep 100"], "exec")
+                .open(&id),
+        )
+        .await;
+    assert!(matches!(
+        replies.next().await,
+        ClientPacket::SessionOpenOk { .. }
+    ));
+    env.stream
+        .send(AgentPacket::ExecWriteStdin {
+            session_id: id.clone(),
+            data: Bytes::new(),
+        })
+        .await;
+    dynoagent_tests::faults::wait_until(
+        "the dyno to exist",
+        std::time::Duration::from_secs(10),
+        || !env.one_off_dynos().is_empty(),
+    )
+    .await;
+    env.stream
+        .send(AgentPacket::SessionClose { session_id: id })
+        .await;
+    env.agent.wait_idle().await;
+    env.sim.set_faults(Faults::default());
+    assert!(
+        env.one_off_dynos().is_empty(),
+        "a dyno outlived its session: {:?}",
+        env.one_off_dynos()
+    );
+    env.finish().await;
+}

@@ -53,6 +53,44 @@ pub struct AgentConfig {
     /// this agent does not enforce (`DYNOAGENT_ALLOW_UNENFORCED_POLICIES`; default `false`:
     /// such sessions are refused). Every session it lets through logs a WARN.
     pub allow_unenforced_policies: bool,
+    /// Per-session bounds: input memory and deadlines.
+    pub limits: SessionLimits,
+}
+
+/// Bounds on every session (docs/operations.md, "Session limits").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Client input one session may hold that its process has not consumed yet
+    /// (`DYNOAGENT_SESSION_INPUT_MIB`, default 8). A single larger packet (up to hoop's 17 MiB
+    /// limit) counts as the whole budget.
+    pub session_input_bytes: usize,
+    /// The same, for all sessions together (`DYNOAGENT_INPUT_BUDGET_MIB`, default 64).
+    pub agent_input_bytes: usize,
+    /// How long a session may wait for its first input after `ClientSessionOpenOK`
+    /// (`DYNOAGENT_FIRST_INPUT_TIMEOUT_SECS`, default 60).
+    pub first_input_timeout: Duration,
+    /// End a session after this long without input or output
+    /// (`DYNOAGENT_SESSION_IDLE_TIMEOUT_SECS`; unset or 0: never).
+    pub idle_timeout: Option<Duration>,
+    /// End a session this long after it opened (`DYNOAGENT_SESSION_MAX_LIFETIME_SECS`; unset
+    /// or 0: never).
+    pub max_lifetime: Option<Duration>,
+    /// After a session is closed, how long its backend may take to stop before the session
+    /// task is aborted and an ERROR logged (15 s; inside Heroku's 30 s shutdown window).
+    pub cancel_deadline: Duration,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            session_input_bytes: 8 << 20,
+            agent_input_bytes: 64 << 20,
+            first_input_timeout: Duration::from_secs(60),
+            idle_timeout: None,
+            max_lifetime: None,
+            cancel_deadline: Duration::from_secs(15),
+        }
+    }
 }
 
 /// Heroku endpoints. Real Heroku by default; `herokusim` (tests, `dynoagent dev`) overrides.
@@ -139,6 +177,11 @@ struct Raw {
     dynoagent_heroku_ca: Option<String>,
     dynoagent_heroku_exec_ssh_port: Option<String>,
     dynoagent_allow_unenforced_policies: Option<String>,
+    dynoagent_session_input_mib: Option<String>,
+    dynoagent_input_budget_mib: Option<String>,
+    dynoagent_first_input_timeout_secs: Option<String>,
+    dynoagent_session_idle_timeout_secs: Option<String>,
+    dynoagent_session_max_lifetime_secs: Option<String>,
 }
 
 fn parse_bool(var: &'static str, value: Option<&str>) -> Result<bool, ConfigError> {
@@ -164,6 +207,57 @@ fn parse_num<T: std::str::FromStr>(
             reason: format!("{v:?} is not a number"),
         }),
     }
+}
+
+fn parse_limits(raw: &Raw) -> Result<SessionLimits, ConfigError> {
+    let defaults = SessionLimits::default();
+    let mib = |var: &'static str, value: Option<&str>, default: usize| {
+        let n: usize = parse_num(var, value, default >> 20)?;
+        if n == 0 || n > 4096 {
+            return Err(ConfigError::Invalid {
+                var,
+                reason: format!("{n} MiB is out of range (1 to 4096)"),
+            });
+        }
+        Ok(n << 20)
+    };
+    let optional_secs = |var: &'static str, value: Option<&str>| {
+        let secs: u64 = parse_num(var, value, 0)?;
+        Ok::<_, ConfigError>((secs > 0).then(|| Duration::from_secs(secs)))
+    };
+    let first_input_secs: u64 = parse_num(
+        "DYNOAGENT_FIRST_INPUT_TIMEOUT_SECS",
+        raw.dynoagent_first_input_timeout_secs.as_deref(),
+        defaults.first_input_timeout.as_secs(),
+    )?;
+    if first_input_secs == 0 {
+        return Err(ConfigError::Invalid {
+            var: "DYNOAGENT_FIRST_INPUT_TIMEOUT_SECS",
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(SessionLimits {
+        session_input_bytes: mib(
+            "DYNOAGENT_SESSION_INPUT_MIB",
+            raw.dynoagent_session_input_mib.as_deref(),
+            defaults.session_input_bytes,
+        )?,
+        agent_input_bytes: mib(
+            "DYNOAGENT_INPUT_BUDGET_MIB",
+            raw.dynoagent_input_budget_mib.as_deref(),
+            defaults.agent_input_bytes,
+        )?,
+        first_input_timeout: Duration::from_secs(first_input_secs),
+        idle_timeout: optional_secs(
+            "DYNOAGENT_SESSION_IDLE_TIMEOUT_SECS",
+            raw.dynoagent_session_idle_timeout_secs.as_deref(),
+        )?,
+        max_lifetime: optional_secs(
+            "DYNOAGENT_SESSION_MAX_LIFETIME_SECS",
+            raw.dynoagent_session_max_lifetime_secs.as_deref(),
+        )?,
+        cancel_deadline: defaults.cancel_deadline,
+    })
 }
 
 fn parse_log(raw: &Raw) -> Result<LogConfig, ConfigError> {
@@ -290,6 +384,7 @@ impl AgentConfig {
             25,
         )?);
         let log = parse_log(&raw)?;
+        let limits = parse_limits(&raw)?;
         let env_file_dir = raw
             .dynoagent_env_dir
             .filter(|d| !d.is_empty())
@@ -332,6 +427,7 @@ impl AgentConfig {
         Ok(AgentConfig {
             allow_unenforced_policies,
             heroku,
+            limits,
             link: LinkConfig::new(dsn, tls, version),
             log,
             max_sessions,
@@ -376,6 +472,7 @@ mod tests {
             }
         );
         assert_eq!(c.max_sessions, 3);
+        assert_eq!(c.limits, SessionLimits::default());
         assert!(
             !format!("{c:?}").contains("sekrit"),
             "Debug must not print the secret"
@@ -414,6 +511,44 @@ mod tests {
             .unwrap();
         assert!(c.link.dsn.looks_like_org_key());
         assert!(!c.allow_unenforced_policies);
+    }
+
+    #[test]
+    fn session_limits_are_read_and_checked() {
+        let key = ("HOOP_KEY", "grpc://a1:s@127.0.0.1:8010");
+        let c = AgentConfig::from_sources(
+            &env(&[
+                key,
+                ("DYNOAGENT_SESSION_INPUT_MIB", "2"),
+                ("DYNOAGENT_INPUT_BUDGET_MIB", "32"),
+                ("DYNOAGENT_FIRST_INPUT_TIMEOUT_SECS", "5"),
+                ("DYNOAGENT_SESSION_IDLE_TIMEOUT_SECS", "600"),
+                ("DYNOAGENT_SESSION_MAX_LIFETIME_SECS", "0"),
+            ]),
+            "0",
+        )
+        .unwrap();
+        assert_eq!(
+            c.limits,
+            SessionLimits {
+                session_input_bytes: 2 << 20,
+                agent_input_bytes: 32 << 20,
+                first_input_timeout: Duration::from_secs(5),
+                idle_timeout: Some(Duration::from_secs(600)),
+                max_lifetime: None,
+                ..SessionLimits::default()
+            }
+        );
+        for bad in [
+            ("DYNOAGENT_SESSION_INPUT_MIB", "0"),
+            ("DYNOAGENT_INPUT_BUDGET_MIB", "lots"),
+            ("DYNOAGENT_FIRST_INPUT_TIMEOUT_SECS", "0"),
+        ] {
+            let e = AgentConfig::from_sources(&env(&[key, bad]), "0")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(bad.0), "{e}");
+        }
     }
 
     #[test]

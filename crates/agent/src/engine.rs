@@ -20,14 +20,18 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::admission;
+use crate::budget::{self, Budget, Exhausted};
+use crate::config::SessionLimits;
 use crate::router::Router;
 use crate::session::{self, EndReason, SessionEvent, SessionHandle, SessionStart};
 
 /// Packets queued for one session. Overflow policy: the receive loop waits up to
 /// [`INPUT_STALL`] (backpressure on the shared stream), then ends that session with 254 so
-/// that one stuck process cannot stall every other session.
+/// that one stuck process cannot stall every other session. The bytes those packets hold are
+/// bounded separately, per session and for the agent ([`crate::budget`],
+/// [`crate::SessionLimits`]), with the same overflow policy.
 pub const SESSION_QUEUE: usize = 64;
-/// How long the receive loop waits for a session whose input queue is full.
+/// How long the receive loop waits for a session whose input queue or budget is full.
 const INPUT_STALL: Duration = Duration::from_secs(2);
 /// How long a closing stream waits for the gateway to acknowledge the half-close.
 const STREAM_CLOSE_WAIT: Duration = Duration::from_secs(3);
@@ -42,10 +46,29 @@ pub(crate) struct Shared {
     pub(crate) tracker: TaskTracker,
     pub(crate) live: watch::Sender<usize>,
     pub(crate) shutdown: CancellationToken,
-    /// Time allowed for live sessions to close during shutdown.
-    pub(crate) drain_timeout: Duration,
     /// Run sessions with guardrails or masking configured anyway (logged per session).
     pub(crate) allow_unenforced_policies: bool,
+    /// The whole shutdown's budget, from the first moment it is observed.
+    pub(crate) shutdown_timeout: Duration,
+    /// The one shutdown deadline, fixed when shutdown is first observed.
+    pub(crate) shutdown_at: std::sync::OnceLock<tokio::time::Instant>,
+    /// Client input held by all sessions together, in bytes.
+    pub(crate) input_budget: Budget,
+    pub(crate) limits: SessionLimits,
+}
+
+/// Kept free at the end of the shutdown budget, so that the binary's own wait (the same
+/// budget, started at the signal) never fires before the agent is done.
+const EXIT_MARGIN: Duration = Duration::from_secs(1);
+
+impl Shared {
+    /// The one shutdown deadline (engine drain, stream close and the final task wait all end
+    /// by it), fixed the first time anyone asks after shutdown began.
+    pub(crate) fn shutdown_deadline(&self) -> tokio::time::Instant {
+        *self.shutdown_at.get_or_init(|| {
+            tokio::time::Instant::now() + self.shutdown_timeout.saturating_sub(EXIT_MARGIN)
+        })
+    }
 }
 
 /// The reason given in every answer to a system request (`Sys*`).
@@ -72,11 +95,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut conn: Connection) {
         tokio::select! {
             biased;
             () = shared.shutdown.cancelled() => {
-                drain(&shared, &mut reg, &mut done_rx).await;
+                let deadline = shared.shutdown_deadline();
+                drain(&mut reg, &mut done_rx, deadline - STREAM_CLOSE_WAIT).await;
                 // Every sender must be gone for the half-close to reach the gateway.
                 drop(out);
                 drop(reg);
-                conn.close(STREAM_CLOSE_WAIT).await;
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                conn.close(left.min(STREAM_CLOSE_WAIT)).await;
                 return;
             }
             Some((sid, generation)) = done_rx.recv() => reg.remove(&sid, generation),
@@ -117,9 +142,9 @@ impl Registry {
 }
 
 async fn drain(
-    shared: &Shared,
     reg: &mut Registry,
     done_rx: &mut mpsc::UnboundedReceiver<(SessionId, u64)>,
+    until: tokio::time::Instant,
 ) {
     tracing::info!(
         sessions = reg.sessions.len(),
@@ -136,10 +161,7 @@ async fn drain(
             }
         }
     };
-    if tokio::time::timeout(shared.drain_timeout, wait)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout_at(until, wait).await.is_err() {
         tracing::error!(
             sessions = reg.sessions.len(),
             "sessions did not close within the shutdown timeout"
@@ -217,7 +239,12 @@ async fn dispatch(shared: &Arc<Shared>, reg: &mut Registry, out: &Outbound, pack
                 .await;
                 return;
             };
-            let (handle, events) = session::new_session(sid.clone(), out.clone(), SESSION_QUEUE);
+            let (handle, events) = session::new_session(
+                sid.clone(),
+                out.clone(),
+                SESSION_QUEUE,
+                Budget::new(shared.limits.session_input_bytes),
+            );
             let generation = reg.next_generation;
             reg.next_generation += 1;
             reg.sessions
@@ -243,13 +270,19 @@ async fn dispatch(shared: &Arc<Shared>, reg: &mut Registry, out: &Outbound, pack
             );
         }
         AgentPacket::ExecWriteStdin { session_id, data } => {
-            route(reg, session_id, SessionEvent::ExecStdin(data)).await;
+            route(shared, reg, session_id, Routed::Exec(data)).await;
         }
         AgentPacket::TerminalWriteStdin { session_id, data } => {
-            route(reg, session_id, SessionEvent::TerminalStdin(data)).await;
+            route(shared, reg, session_id, Routed::Terminal(data)).await;
         }
         AgentPacket::TerminalResize { session_id, size } => {
-            route(reg, session_id, SessionEvent::Resize(size)).await;
+            route(
+                shared,
+                reg,
+                session_id,
+                Routed::Event(SessionEvent::Resize(size)),
+            )
+            .await;
         }
         AgentPacket::SessionClose { session_id } => match reg.sessions.get(&session_id) {
             Some((_, handle)) => {
@@ -282,21 +315,63 @@ async fn dispatch(shared: &Arc<Shared>, reg: &mut Registry, out: &Outbound, pack
     }
 }
 
-async fn route(reg: &Registry, sid: SessionId, event: SessionEvent) {
+/// What the receive loop hands to a session: input still to be charged to the budgets, or
+/// an event without a payload.
+enum Routed {
+    Exec(Bytes),
+    Terminal(Bytes),
+    Event(SessionEvent),
+}
+
+async fn route(shared: &Shared, reg: &Registry, sid: SessionId, routed: Routed) {
     let Some((_, handle)) = reg.sessions.get(&sid) else {
         tracing::debug!(session_id = %sid, "dropping a packet for an unknown session");
         return;
     };
+    // One deadline for the budgets and the queue together.
+    let until = tokio::time::Instant::now() + INPUT_STALL;
+    let event = match routed {
+        Routed::Event(event) => event,
+        Routed::Exec(data) | Routed::Terminal(data) if handle.events.is_closed() => {
+            drop(data);
+            return;
+        }
+        Routed::Exec(data) => {
+            match budget::charge(&handle.budget, &shared.input_budget, data, until).await {
+                Ok(data) => SessionEvent::ExecStdin(data),
+                Err(e) => return over_budget(shared, handle, &sid, e),
+            }
+        }
+        Routed::Terminal(data) => {
+            match budget::charge(&handle.budget, &shared.input_budget, data, until).await {
+                Ok(data) => SessionEvent::TerminalStdin(data),
+                Err(e) => return over_budget(shared, handle, &sid, e),
+            }
+        }
+    };
     match handle.events.try_send(event) {
         Ok(()) | Err(TrySendError::Closed(_)) => {}
         Err(TrySendError::Full(event)) => {
-            if tokio::time::timeout(INPUT_STALL, handle.events.send(event))
+            if tokio::time::timeout_at(until, handle.events.send(event))
                 .await
                 .is_err()
             {
                 tracing::warn!(session_id = %sid, "session input queue overflowed; closing the session");
                 handle.end(EndReason::InputOverflow);
             }
+        }
+    }
+}
+
+fn over_budget(shared: &Shared, handle: &SessionHandle, sid: &SessionId, e: Exhausted) {
+    match e {
+        Exhausted::Session => {
+            tracing::warn!(session_id = %sid, budget_bytes = handle.budget.bytes(), "session input budget exhausted; closing the session");
+            handle.end(EndReason::InputOverflow);
+        }
+        Exhausted::Agent => {
+            tracing::warn!(session_id = %sid, budget_bytes = shared.input_budget.bytes(), "agent input budget exhausted; closing the session");
+            handle.end(EndReason::AgentInputBudget);
         }
     }
 }

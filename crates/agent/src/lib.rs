@@ -9,6 +9,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod admission;
+mod budget;
 pub mod config;
 mod engine;
 pub mod logging;
@@ -16,13 +17,12 @@ mod router;
 mod session;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{AgentConfig, ConfigError, LogConfig, LogEncoding};
+pub use config::{AgentConfig, ConfigError, LogConfig, LogEncoding, SessionLimits};
 pub use router::Router;
 
 /// The agent's version, sent to the gateway as `version`.
@@ -39,10 +39,6 @@ impl Agent {
     /// Builds an agent. Nothing dials until [`Agent::run`]. `shutdown` begins the drain.
     pub fn new(config: AgentConfig, router: Router, shutdown: CancellationToken) -> Agent {
         let (live, _) = watch::channel(0);
-        // Leave time inside the shutdown budget for the final stream close.
-        let drain_timeout = config
-            .shutdown_timeout
-            .saturating_sub(Duration::from_secs(4));
         let shared = Arc::new(engine::Shared {
             router,
             env_file_dir: config.env_file_dir.clone(),
@@ -51,8 +47,11 @@ impl Agent {
             tracker: TaskTracker::new(),
             live,
             shutdown,
-            drain_timeout,
             allow_unenforced_policies: config.allow_unenforced_policies,
+            shutdown_timeout: config.shutdown_timeout,
+            shutdown_at: std::sync::OnceLock::new(),
+            input_budget: budget::Budget::new(config.limits.agent_input_bytes),
+            limits: config.limits.clone(),
         });
         Agent { config, shared }
     }
@@ -71,7 +70,9 @@ impl Agent {
         })
         .await;
         shared.tracker.close();
-        if tokio::time::timeout(shared.drain_timeout, shared.tracker.wait())
+        // The same deadline as the engine's drain and stream close: the whole shutdown fits
+        // in `shutdown_timeout` (Heroku sends SIGKILL 30 s after SIGTERM).
+        if tokio::time::timeout_at(shared.shutdown_deadline(), shared.tracker.wait())
             .await
             .is_err()
         {

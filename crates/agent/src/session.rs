@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use backend::env::{EnvSources, resolve};
 use backend::{
@@ -22,6 +22,7 @@ use hoop_wire::{ClientPacket, SessionId, SessionOpen};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::Budget;
 use crate::engine::Shared;
 
 /// Input events queued for one session's backend. Overflow policy: the session task waits
@@ -49,12 +50,20 @@ pub(crate) enum EndReason {
     InputOverflow,
     /// The client sent input larger than hoop's message limit: close with 254 and say so.
     OversizedInput,
+    /// Every session together holds the agent's whole input budget: close with 254 and say so.
+    AgentInputBudget,
+    /// No input and no output for the idle timeout: close with 254 and say so.
+    IdleTimeout,
+    /// The session reached the maximum lifetime: close with 254 and say so.
+    MaxLifetime,
 }
 
 /// The engine's handle to a running session.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionHandle {
     pub(crate) events: mpsc::Sender<SessionEvent>,
+    /// The bytes of input this session may hold unconsumed.
+    pub(crate) budget: Budget,
     control: Arc<Control>,
 }
 
@@ -150,6 +159,7 @@ pub(crate) fn new_session(
     session_id: SessionId,
     out: Outbound,
     queue: usize,
+    budget: Budget,
 ) -> (SessionHandle, mpsc::Receiver<SessionEvent>) {
     let (tx, rx) = mpsc::channel(queue);
     let output = Arc::new(SessionOutput {
@@ -160,6 +170,7 @@ pub(crate) fn new_session(
     });
     let handle = SessionHandle {
         events: tx,
+        budget,
         control: Arc::new(Control {
             cancel: CancellationToken::new(),
             reason: Mutex::new(None),
@@ -200,7 +211,24 @@ pub(crate) async fn run(start: SessionStart) {
     let backend = start.shared.router.route(&start.open.params.cmd_list);
     let open = start.open.clone();
     let tally = Tally::default();
-    let status = drive(start, &backend, &tally).await;
+    let cancel = control.cancel.clone();
+    // After a close, the backend may take this long to stop (kill grace, TERM/KILL on a
+    // channel, deleting a dyno) before the session is abandoned.
+    let cancel_deadline = start.shared.limits.cancel_deadline;
+    let drive = drive(start, &backend, &tally);
+    tokio::pin!(drive);
+    // Observe only: the session's own work and, once it is cancelled, the hard deadline.
+    let status = tokio::select! {
+        status = &mut drive => status,
+        () = deadline_after(&cancel, cancel_deadline) => {
+            tracing::error!(
+                backend = backend.name(),
+                deadline_ms = cancel_deadline.as_millis() as u64,
+                "the session did not stop within its deadline after it was closed; aborting it (its process, channel or dyno may be left behind)"
+            );
+            None
+        }
+    };
     let status = end_status(&control, status);
     finish(&output, &control, &status).await;
     // The audit line: who, where, how it ended, how much. Never content, never secrets.
@@ -219,6 +247,28 @@ pub(crate) async fn run(start: SessionStart) {
         duration_ms = started.elapsed().as_millis() as u64,
         "session ended"
     );
+}
+
+/// Completes `deadline` after `cancel` fired.
+async fn deadline_after(cancel: &CancellationToken, deadline: Duration) {
+    cancel.cancelled().await;
+    tokio::time::sleep(deadline).await;
+}
+
+/// Completes at `at`, or never.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Ends the session from inside for `reason` (the first reason wins).
+fn end_from_inside(control: &Control, reason: EndReason) {
+    if let Ok(mut slot) = control.reason.lock() {
+        slot.get_or_insert(reason);
+    }
+    control.cancel.cancel();
 }
 
 /// Opens the session, waits for its first input, and runs the backend. Returns the backend's
@@ -264,12 +314,27 @@ async fn drive(
         .await
         .ok()?;
 
+    let limits = shared.limits.clone();
+    let opened = tokio::time::Instant::now();
+    let end_of_life = limits.max_lifetime.map(|d| opened + d);
+
     // Wait for the first input, which says how the client is attached. A resize may come
     // first (hoop's CLI sends both concurrently); keep the latest one for the terminal.
+    let first_input_by = opened + limits.first_input_timeout;
     let mut pending_size: Option<TermSize> = None;
     let (mode, first_input) = loop {
         let event = tokio::select! {
             () = control.cancel.cancelled() => return None,
+            () = tokio::time::sleep_until(first_input_by) => {
+                return Some(ExitStatus::internal(format!(
+                    "session closed by the agent: no input within {} s after the session opened (DYNOAGENT_FIRST_INPUT_TIMEOUT_SECS)",
+                    limits.first_input_timeout.as_secs()
+                )));
+            }
+            () = sleep_until(end_of_life) => {
+                end_from_inside(&control, EndReason::MaxLifetime);
+                return None;
+            }
             event = events.recv() => event,
         };
         match event {
@@ -323,9 +388,29 @@ async fn drive(
     let run = backend.run(request, io);
     tokio::pin!(run);
     let mut events_open = true;
+    // Idle: the timer re-arms while the byte counters move (input or output).
+    let activity =
+        || tally.bytes_in.load(Ordering::Relaxed) + tally.bytes_out.load(Ordering::Relaxed);
+    let mut last_activity = activity();
+    let mut idle_at = limits.idle_timeout.map(|d| tokio::time::Instant::now() + d);
+    let mut ending = false;
     loop {
         tokio::select! {
             status = &mut run => return Some(status),
+            () = sleep_until(end_of_life), if !ending => {
+                ending = true;
+                end_from_inside(&control, EndReason::MaxLifetime);
+            }
+            () = sleep_until(idle_at), if !ending => {
+                let now = activity();
+                if now == last_activity {
+                    ending = true;
+                    end_from_inside(&control, EndReason::IdleTimeout);
+                } else {
+                    last_activity = now;
+                    idle_at = limits.idle_timeout.map(|d| tokio::time::Instant::now() + d);
+                }
+            }
             permit = input_tx.reserve(), if !backlog.is_empty() => {
                 if let (Ok(permit), Some(input)) = (permit, backlog.pop_front()) {
                     permit.send(input);
@@ -360,7 +445,16 @@ fn end_status(control: &Control, backend_status: Option<ExitStatus>) -> ExitStat
     match (reason, backend_status) {
         (Some(EndReason::Shutdown), _) => ExitStatus::internal("agent shutting down"),
         (Some(EndReason::InputOverflow), _) => ExitStatus::internal(
-            "session closed by the agent: the process stopped reading its input and the input queue overflowed",
+            "session closed by the agent: the process stopped reading its input and the session's input queue or byte budget (DYNOAGENT_SESSION_INPUT_MIB) stayed full",
+        ),
+        (Some(EndReason::IdleTimeout), _) => ExitStatus::internal(
+            "session closed by the agent: no input or output for the idle timeout (DYNOAGENT_SESSION_IDLE_TIMEOUT_SECS)",
+        ),
+        (Some(EndReason::MaxLifetime), _) => ExitStatus::internal(
+            "session closed by the agent: it reached the maximum session lifetime (DYNOAGENT_SESSION_MAX_LIFETIME_SECS)",
+        ),
+        (Some(EndReason::AgentInputBudget), _) => ExitStatus::internal(
+            "session closed by the agent: sessions whose processes do not read their input hold the agent's whole input budget (DYNOAGENT_INPUT_BUDGET_MIB); try again later",
         ),
         (Some(EndReason::OversizedInput), _) => ExitStatus::internal(
             "session closed by the agent: an input packet was larger than hoop's 17 MiB message limit",

@@ -17,12 +17,13 @@ use std::ffi::OsString;
 use std::process::Stdio;
 use std::time::Duration;
 
-use backend::{Backend, ExitStatus, Input, Mode, OutputSink, SessionIo, SessionRequest, TermSize};
-use bytes::BytesMut;
+use backend::duplex::{self, Drain, ExitEnding, RemoteInput, WriterInput, pump_input, pump_output};
+use backend::{Backend, ExitStatus, Mode, SessionIo, SessionRequest, TermSize};
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::process::Child;
 
 /// How long output may keep flowing after the main process exits before the rest of its
@@ -160,41 +161,6 @@ async fn terminate(child: &mut Child, pgid: Pid, grace: Duration) {
     signal_group(pgid, Signal::SIGKILL);
 }
 
-async fn pump(mut reader: impl AsyncRead + Unpin, sink: &OutputSink) {
-    let mut buf = BytesMut::with_capacity(backend::CHUNK_SIZE);
-    loop {
-        buf.reserve(backend::CHUNK_SIZE);
-        match reader.read_buf(&mut buf).await {
-            // EIO is how a PTY reports that every slave fd is closed.
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                if sink.write(buf.split().freeze()).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-async fn feed_exec_stdin(
-    mut stdin: impl AsyncWrite + Unpin,
-    input: &mut tokio::sync::mpsc::Receiver<Input>,
-) {
-    while let Some(event) = input.recv().await {
-        match event {
-            Input::Data(data) => {
-                // EPIPE means the process does not read its input; that is its choice.
-                if stdin.write_all(&data).await.is_err() {
-                    break;
-                }
-            }
-            Input::Eof => break,
-            Input::Resize(_) => {}
-        }
-    }
-    let _ = stdin.shutdown().await;
-}
-
 async fn run_exec(
     argv: Vec<String>,
     env: Vec<(OsString, OsString)>,
@@ -238,41 +204,64 @@ async fn run_exec(
         terminate(&mut child, pgid, grace).await;
         return ExitStatus::internal("cannot open the process's pipes");
     };
-    let feed = feed_exec_stdin(stdin, &mut input);
-    let output = async { tokio::join!(pump(stdout, &out_sink), pump(stderr, &err_sink)) };
-    tokio::pin!(feed, output);
-    let mut fed = false;
-    let mut drained = false;
-    let mut status = None;
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => {
-                terminate(&mut child, pgid, grace).await;
-                return ExitStatus::internal("session closed");
-            }
-            () = &mut feed, if !fed => fed = true,
-            _ = &mut output, if !drained => drained = true,
-            s = child.wait(), if status.is_none() => {
-                status = Some(s);
-                if !drained {
-                    // The leader is gone; give the pipes a bounded drain, then end the group.
-                    if tokio::time::timeout(DRAIN_AFTER_EXIT, &mut output).await.is_err() {
-                        signal_group(pgid, Signal::SIGKILL);
-                        let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, &mut output).await;
-                    }
-                    drained = true;
-                }
-            }
+    let ending = duplex::drive_with_exit(
+        &cancel,
+        pump_input(&mut input, WriterInput::new(stdin)),
+        async {
+            tokio::join!(
+                pump_output(stdout, &out_sink),
+                pump_output(stderr, &err_sink)
+            )
+        },
+        child.wait(),
+        Drain {
+            after_exit: DRAIN_AFTER_EXIT,
+            on_stall: || signal_group(pgid, Signal::SIGKILL),
+        },
+    )
+    .await;
+    finish(ending, &mut child, pgid, grace).await
+}
+
+/// Maps how the driver ended to the session's status, stopping the process group first
+/// when the session was cancelled, and always killing what is left of the group.
+async fn finish(
+    ending: ExitEnding<std::io::Result<std::process::ExitStatus>>,
+    child: &mut Child,
+    pgid: Pid,
+    grace: Duration,
+) -> ExitStatus {
+    let status = match ending {
+        ExitEnding::Cancelled => {
+            terminate(child, pgid, grace).await;
+            return ExitStatus::internal("session closed");
         }
-        if drained && status.is_some() {
-            break;
-        }
-    }
+        ExitEnding::Exited { exit, .. } => exit,
+    };
     signal_group(pgid, Signal::SIGKILL);
     match status {
-        Some(Ok(s)) => ExitStatus::from_process(s),
-        Some(Err(e)) => ExitStatus::internal(format!("cannot wait for the process: {e}")),
-        None => ExitStatus::internal("the process ended without an exit status"),
+        Ok(s) => ExitStatus::from_process(s),
+        Err(e) => ExitStatus::internal(format!("cannot wait for the process: {e}")),
+    }
+}
+
+/// A terminal's input side: keystrokes to the PTY, resizes applied to it. A terminal has no
+/// end of input (a PTY ignores it; the user types `^D`).
+struct PtyInput(pty_process::OwnedWritePty);
+
+impl RemoteInput for PtyInput {
+    async fn write(&mut self, data: Bytes) -> std::io::Result<()> {
+        self.0.write_all(&data).await?;
+        self.0.flush().await
+    }
+    async fn end(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+    async fn resize(&mut self, size: TermSize) -> std::io::Result<()> {
+        if let Err(e) = self.0.resize(pty_size(size)) {
+            tracing::debug!(error = %e, "cannot resize the terminal");
+        }
+        Ok(())
     }
 }
 
@@ -327,47 +316,17 @@ async fn run_terminal(
     else {
         return ExitStatus::internal("the process exited before it could be tracked");
     };
-    let (reader, mut writer) = pty.into_split();
-    let output = pump(reader, &out_sink);
-    tokio::pin!(output);
-    let mut drained = false;
-    let mut input_open = true;
-    let status = loop {
-        tokio::select! {
-            () = cancel.cancelled() => {
-                terminate(&mut child, pgid, grace).await;
-                return ExitStatus::internal("session closed");
-            }
-            event = input.recv(), if input_open => match event {
-                Some(Input::Data(data)) => {
-                    if writer.write_all(&data).await.is_err() {
-                        input_open = false;
-                    }
-                }
-                Some(Input::Resize(size)) => {
-                    if let Err(e) = writer.resize(pty_size(size)) {
-                        tracing::debug!(error = %e, "cannot resize the terminal");
-                    }
-                }
-                Some(Input::Eof) => {}
-                None => input_open = false,
-            },
-            _ = &mut output, if !drained => drained = true,
-            s = child.wait() => break s,
-        }
-    };
-    if !drained
-        && tokio::time::timeout(DRAIN_AFTER_EXIT, &mut output)
-            .await
-            .is_err()
-    {
-        signal_group(pgid, Signal::SIGKILL);
-        let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, &mut output).await;
-    }
-    signal_group(pgid, Signal::SIGKILL);
-    drop(writer);
-    match status {
-        Ok(s) => ExitStatus::from_process(s),
-        Err(e) => ExitStatus::internal(format!("cannot wait for the process: {e}")),
-    }
+    let (reader, writer) = pty.into_split();
+    let ending = duplex::drive_with_exit(
+        &cancel,
+        pump_input(&mut input, PtyInput(writer)),
+        pump_output(reader, &out_sink),
+        child.wait(),
+        Drain {
+            after_exit: DRAIN_AFTER_EXIT,
+            on_stall: || signal_group(pgid, Signal::SIGKILL),
+        },
+    )
+    .await;
+    finish(ending, &mut child, pgid, grace).await
 }

@@ -102,19 +102,22 @@ pub(crate) async fn run(
         Err(e) => return ExitStatus::internal(e.to_string()),
     };
     let cancel = io.cancel.clone();
-    let work = async {
+    // Setup (API calls, key exchange, SSH connect) is abandoned on cancel: nothing runs on
+    // the dyno yet. Once connected, the channel owns cancellation, so the remote command gets
+    // TERM, then KILL, then a clean close (dropping the connection would only hang it up).
+    let setup = async {
         match action {
-            Action::Help(_) => ExitStatus::success(),
-            Action::Status { app } => show_status(&client, &app, &io.stdout).await,
+            Action::Help(_) => Step::Done(ExitStatus::success()),
+            Action::Status { app } => Step::Done(show_status(&client, &app, &io.stdout).await),
             Action::Exec(exec) => {
                 let opt_in = match (enable_policy(&request.env), exec.enable_exec) {
                     (EnablePolicy::Always, _) | (EnablePolicy::OnRequest, true) => true,
                     (EnablePolicy::OnRequest, false) => false,
                     (EnablePolicy::Never, false) => false,
                     (EnablePolicy::Never, true) => {
-                        return refused(format!(
+                        return Step::Done(refused(format!(
                             "--enable-exec is not allowed on this connection ({AUTO_ENABLE_VAR} forbids restarting dynos): ask an administrator to enable Heroku Exec (heroku features:enable runtime-heroku-exec, then restart the dynos)"
-                        ));
+                        )));
                     }
                 };
                 let term = request
@@ -122,7 +125,7 @@ pub(crate) async fn run(
                     .get_str("TERM")
                     .unwrap_or("xterm-256color")
                     .to_owned();
-                exec_session(
+                match exec_session(
                     &config,
                     &keys,
                     &client,
@@ -133,13 +136,30 @@ pub(crate) async fn run(
                     io,
                 )
                 .await
+                {
+                    Ok(connected) => Step::Connected(Box::new(connected)),
+                    Err(status) => Step::Done(status),
+                }
             }
         }
     };
-    tokio::select! {
-        () = cancel.cancelled() => ExitStatus::internal("session closed"),
-        status = work => status,
+    let step = tokio::select! {
+        () = cancel.cancelled() => return ExitStatus::internal("session closed"),
+        step = setup => step,
+    };
+    match step {
+        Step::Done(status) => status,
+        Step::Connected(connected) => {
+            let (conn, spec, io) = *connected;
+            conn.run(spec, io).await
+        }
     }
+}
+
+/// Where setup ended: a final status, or a connection ready to run the session's channel.
+enum Step {
+    Done(ExitStatus),
+    Connected(Box<(backend_ssh::Connection, ChannelSpec, SessionIo)>),
 }
 
 async fn show_status(client: &HerokuClient, app: &str, stdout: &OutputSink) -> ExitStatus {
@@ -174,7 +194,7 @@ async fn exec_session(
     mode: Mode,
     term: String,
     io: SessionIo,
-) -> ExitStatus {
+) -> Result<(backend_ssh::Connection, ChannelSpec, SessionIo), ExitStatus> {
     let SessionIo {
         mut input,
         stdout,
@@ -184,9 +204,9 @@ async fn exec_session(
     } = io;
     let (app, dyno) = (exec.app.as_str(), exec.dyno.as_str());
     if args::is_one_off(dyno) {
-        return refused(format!(
+        return Err(refused(format!(
             "could not connect to dyno {dyno}: one-off (run.*) and release-phase (release.*) dynos have no Heroku Exec agent on the Common Runtime; target a formation dyno such as web.1"
-        ));
+        )));
     }
 
     // The command (default mode) is the whole input, read before anything is dialled.
@@ -202,13 +222,13 @@ async fn exec_session(
     } else {
         let text = match read_all(&mut input, config.max_command_bytes).await {
             Ok(t) => t,
-            Err(status) => return status,
+            Err(status) => return Err(status),
         };
         if text.iter().all(u8::is_ascii_whitespace) {
-            return ExitStatus {
+            return Err(ExitStatus {
                 code: USAGE_EXIT_CODE,
                 message: "psexec: no command: the input is the command to run on the dyno (for example -i 'ls -la'); or use --pipe CMD, --interactive or --status".into(),
-            };
+            });
         }
         stdin_closed = true;
         Start::Exec(String::from_utf8_lossy(&text).into_owned())
@@ -226,23 +246,23 @@ async fn exec_session(
     // Gating: the app, the feature, the dyno.
     let app_info = match client.app(app).await {
         Ok(a) => a,
-        Err(e) => return refused(format!("could not connect to dyno {dyno}: {e}")),
+        Err(e) => return Err(refused(format!("could not connect to dyno {dyno}: {e}"))),
     };
     if app_info.generation.as_deref() == Some("fir") {
-        return refused(format!(
+        return Err(refused(format!(
             "app {app} runs on the Fir generation, which has no Heroku Exec; use heroku run:inside instead (https://devcenter.heroku.com/articles/run-tasks-in-an-existing-dyno)"
-        ));
+        )));
     }
     let feature = match client.feature(app, EXEC_FEATURE).await {
         Ok(f) => f,
-        Err(e) => return refused(format!("could not connect to dyno {dyno}: {e}")),
+        Err(e) => return Err(refused(format!("could not connect to dyno {dyno}: {e}"))),
     };
     let mut restarted = false;
     if !feature.enabled {
         if !opt_in {
-            return refused(format!(
+            return Err(refused(format!(
                 "Heroku Exec is disabled for app {app} (feature {EXEC_FEATURE} is off). Enabling it restarts the app's dynos, because a dyno starts its exec agent only at boot, so dynoagent never does it on its own. To enable it and restart only dyno {dyno}, run again with --enable-exec, or set PSEXEC_AUTO_ENABLE=true on this connection; or run `heroku features:enable {EXEC_FEATURE} -a {app}` and restart the dynos yourself."
-            ));
+            )));
         }
         progress(
             &stderr,
@@ -250,39 +270,41 @@ async fn exec_session(
         )
         .await;
         if let Err(e) = client.set_feature(app, EXEC_FEATURE, true).await {
-            return refused(format!("enabling Heroku Exec for {app}: {e}"));
+            return Err(refused(format!("enabling Heroku Exec for {app}: {e}")));
         }
-        if let Err(status) = restart_and_wait(config, client, app, dyno, &stderr).await {
-            return status;
-        }
+        restart_and_wait(config, client, app, dyno, &stderr).await?;
         restarted = true;
     } else {
         match client.dyno(app, dyno).await {
             Ok(d) if d.state == "up" => {}
             Ok(d) => {
-                return refused(format!(
+                return Err(refused(format!(
                     "could not connect to dyno {dyno}: it is {}, not up; Heroku Exec needs a running dyno (check with --status or heroku ps -a {app})",
                     d.state
-                ));
+                )));
             }
             Err(e) if e.api().is_some_and(|a| a.status == 404) => {
-                return refused(format!(
+                return Err(refused(format!(
                     "could not connect to dyno {dyno}: app {app} has no dyno {dyno} (check with --status or heroku ps -a {app})"
-                ));
+                )));
             }
-            Err(e) => return refused(format!("could not connect to dyno {dyno}: {e}")),
+            Err(e) => return Err(refused(format!("could not connect to dyno {dyno}: {e}"))),
         }
     }
 
     // Credentials: a fresh key, PUT to the exec-manager.
     let key = match keys.take().await {
         Ok(k) => k,
-        Err(e) => return ExitStatus::internal(e.to_string()),
+        Err(e) => return Err(ExitStatus::internal(e.to_string())),
     };
     let public = match key.public_key().to_openssh() {
         // The CLI sends the key with an empty comment, which leaves a trailing space.
         Ok(line) => format!("{line} "),
-        Err(e) => return ExitStatus::internal(format!("cannot encode the client key: {e}")),
+        Err(e) => {
+            return Err(ExitStatus::internal(format!(
+                "cannot encode the client key: {e}"
+            )));
+        }
     };
     let creds = match exchange(
         config, client, app, dyno, &public, opt_in, restarted, &stderr,
@@ -290,13 +312,13 @@ async fn exec_session(
     .await
     {
         Ok(c) => c,
-        Err(status) => return status,
+        Err(status) => return Err(status),
     };
 
     // SSH to the proxy, its host key pinned to proxy_public_key.
     let pinned = match proxy_key(&creds.proxy_public_key) {
         Ok(k) => k,
-        Err(status) => return status,
+        Err(status) => return Err(status),
     };
     let target = Target {
         host: creds.tunnel_host.clone(),
@@ -313,14 +335,15 @@ async fn exec_session(
     {
         Ok(c) => c,
         Err(e) => {
-            return ExitStatus::internal(format!(
+            return Err(ExitStatus::internal(format!(
                 "could not connect to dyno {dyno} through the Heroku Exec proxy {}:{}: {e}",
                 target.host, target.port
-            ));
+            )));
         }
     };
     tracing::info!(%app, %dyno, "heroku exec session connected");
-    conn.run(
+    Ok((
+        conn,
         spec,
         SessionIo {
             input,
@@ -329,8 +352,7 @@ async fn exec_session(
             cancel,
             report,
         },
-    )
-    .await
+    ))
 }
 
 /// Restarts only `dyno` and waits (bounded) until it is `up`, reporting progress.

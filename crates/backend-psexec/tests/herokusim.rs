@@ -594,3 +594,37 @@ async fn cancellation_ends_the_dyno_process() {
     wait_processes(&sim, baseline).await;
     sim.shutdown().await;
 }
+
+/// Defect 3 (issue 14): cancelling a session mid-channel must stop the remote command the
+/// SSH way (`TERM`, then `KILL` after the grace, then close the channel), not by dropping the
+/// connection, which the proxy sees as a hang-up. The command records the TERM it gets.
+#[tokio::test]
+async fn cancel_mid_channel_sends_term_before_closing() {
+    let sim = sim().await;
+    let baseline = sim.live_process_groups().len();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let flag = std::env::temp_dir().join(format!("psexec-term-{}-{nanos}", std::process::id()));
+    let script = format!(
+        "trap 'echo got-term > {}; exit 0' TERM; echo started; sleep 600 & wait",
+        flag.display()
+    );
+    let mut s = start(
+        &backend(&sim),
+        PS_EXEC,
+        &["--app", "demo", "--pipe", &script],
+        session_env(&sim),
+        Mode::Exec,
+    );
+    s.wait_stdout("started", Duration::from_secs(20)).await;
+    s.cancel.cancel();
+    let (status, _, _) = s.finish().await;
+    assert_eq!(status.code, 254, "{status:?}");
+    let got = std::fs::read_to_string(&flag).unwrap_or_default();
+    let _ = std::fs::remove_file(&flag);
+    assert_eq!(got, "got-term\n", "the remote command never got TERM");
+    wait_processes(&sim, baseline).await;
+    sim.shutdown().await;
+}

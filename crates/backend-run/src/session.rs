@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
+use backend::duplex::{self, Ending, RemoteInput, pump_input};
 use backend::{ExitStatus, Input, Mode, SessionIo, SessionRequest};
 use bytes::{Bytes, BytesMut};
 use heroku_api::{ApiKey, ClientConfig, CreateDyno, HerokuClient};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use crate::args::{self, Parsed, RunArgs};
 use crate::marker::{self, MarkerScanner};
@@ -175,12 +176,25 @@ pub(crate) async fn run(config: RunConfig, request: SessionRequest, io: SessionI
             .await;
     }
 
-    let dyno = tokio::select! {
-        () = cancel.cancelled() => return ExitStatus::internal("session closed"),
-        r = client.create_dyno(&run_args.app, &body) => match r {
-            Ok(d) => d,
-            Err(e) => return ExitStatus::internal(e.to_string()),
-        },
+    let create = client.create_dyno(&run_args.app, &body);
+    tokio::pin!(create);
+    let created = tokio::select! {
+        () = cancel.cancelled() => None,
+        r = &mut create => Some(r),
+    };
+    let dyno = match created {
+        Some(Ok(d)) => d,
+        Some(Err(e)) => return ExitStatus::internal(e.to_string()),
+        None => {
+            // The request may already have created the dyno: let it finish (bounded by the
+            // API client's timeout and attempts) and stop what it made, so nothing is left
+            // running and billing.
+            if let Ok(d) = create.await {
+                tracing::info!(app = %run_args.app, dyno = %d.name, "session closed during dyno create: stopping the new dyno");
+                stop_dyno(&config, &client, &run_args.app, &d.name).await;
+            }
+            return ExitStatus::internal("session closed");
+        }
     };
     tracing::info!(app = %run_args.app, dyno = %dyno.name, "one-off dyno created");
     report.set_dyno(&dyno.name);
@@ -199,24 +213,20 @@ pub(crate) async fn run(config: RunConfig, request: SessionRequest, io: SessionI
 
     // Always stop the dyno: a closed rendezvous stops it too, but a dropped agent must not
     // leave one running and billing.
-    match tokio::time::timeout(
-        config.stop_timeout,
-        client.stop_dyno(&run_args.app, &dyno.name),
-    )
-    .await
-    {
-        Ok(Ok(())) => {
-            tracing::info!(app = %run_args.app, dyno = %dyno.name, "one-off dyno stopped")
-        }
+    stop_dyno(&config, &client, &run_args.app, &dyno.name).await;
+    status
+}
+
+/// Stops (deletes) a one-off dyno, bounded by `stop_timeout`; a dyno already gone is fine.
+async fn stop_dyno(config: &RunConfig, client: &HerokuClient, app: &str, dyno: &str) {
+    match tokio::time::timeout(config.stop_timeout, client.stop_dyno(app, dyno)).await {
+        Ok(Ok(())) => tracing::info!(%app, %dyno, "one-off dyno stopped"),
         Ok(Err(e)) if e.api().is_some_and(|a| a.status == 404) => {}
         Ok(Err(e)) => {
-            tracing::warn!(app = %run_args.app, dyno = %dyno.name, error = %e, "cannot stop the one-off dyno")
+            tracing::warn!(%app, %dyno, error = %e, "cannot stop the one-off dyno")
         }
-        Err(_) => {
-            tracing::warn!(app = %run_args.app, dyno = %dyno.name, "timed out stopping the one-off dyno")
-        }
+        Err(_) => tracing::warn!(%app, %dyno, "timed out stopping the one-off dyno"),
     }
-    status
 }
 
 /// What to write to the dyno once attached.
@@ -307,79 +317,82 @@ async fn attach(
             Err(e) => return ExitStatus::internal(format!("attaching to dyno {}: {e}", dyno.name)),
         },
     };
-    let (mut reader, mut writer) = tokio::io::split(rv.stream);
+    let (mut reader, writer) = tokio::io::split(rv.stream);
     let mut scanner = MarkerScanner::new(nonce);
     let first = scanner.feed(&rv.leftover);
     if !first.is_empty() && stdout.write(first).await.is_err() {
         return ExitStatus::internal("session closed");
     }
 
-    let write_side = async {
+    let input_side = async {
         match mode {
             Mode::Exec => {
+                let mut remote = RendezvousInput {
+                    writer,
+                    stderr,
+                    told: false,
+                };
+                let mut sent = Ok(());
                 if !send.data.is_empty() {
-                    writer.write_all(&send.data).await?;
+                    sent = remote.write(send.data).await;
                 }
-                writer.write_all(&[EOT]).await?;
-                writer.flush().await?;
-                // Keep the write side open: the protocol has no half-close.
-                std::future::pending::<std::io::Result<()>>().await
+                if sent.is_ok() {
+                    sent = remote.write(Bytes::from_static(&[EOT])).await;
+                }
+                // The protocol has no half-close: the write side stays open, and exec input
+                // is complete, so anything more is discarded.
+                let mut end = pump_input(input, Discard).await;
+                end.failed = sent.err().or(end.failed);
+                end
             }
             Mode::Terminal { .. } => {
-                let mut told = false;
-                while let Some(event) = input.recv().await {
-                    match event {
-                        Input::Data(d) => {
-                            writer.write_all(&d).await?;
-                            writer.flush().await?;
-                        }
-                        Input::Resize(_) if !told => {
-                            told = true;
-                            let _ = stderr
-                                .write(Bytes::from_static(
-                                    b"\r\ndynoagent: a one-off dyno's terminal size is fixed when it starts; this resize cannot reach it\r\n",
-                                ))
-                                .await;
-                        }
-                        Input::Resize(_) | Input::Eof => {}
-                    }
-                }
-                std::future::pending::<std::io::Result<()>>().await
+                pump_input(
+                    input,
+                    RendezvousInput {
+                        writer,
+                        stderr,
+                        told: false,
+                    },
+                )
+                .await
             }
         }
     };
-    tokio::pin!(write_side);
-
-    let mut buf = BytesMut::with_capacity(backend::CHUNK_SIZE);
-    let mut marker_deadline: Option<tokio::time::Instant> = None;
-    let end = loop {
-        buf.reserve(backend::CHUNK_SIZE);
-        let sleep_until = marker_deadline
-            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400));
-        tokio::select! {
-            () = cancel.cancelled() => return ExitStatus::internal("session closed"),
-            r = &mut write_side => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "rendezvous write side ended");
+    let output_side = async {
+        let mut buf = BytesMut::with_capacity(backend::CHUNK_SIZE);
+        let mut marker_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            buf.reserve(backend::CHUNK_SIZE);
+            let read = match marker_deadline {
+                Some(deadline) => {
+                    match tokio::time::timeout_at(deadline, reader.read_buf(&mut buf)).await {
+                        Ok(r) => r,
+                        Err(_) => return End::DrainTimeout,
+                    }
                 }
-                // Writing failed: the read side reports how the stream ended.
-                std::future::pending::<()>().await;
-            }
-            () = tokio::time::sleep_until(sleep_until), if marker_deadline.is_some() => break End::DrainTimeout,
-            r = reader.read_buf(&mut buf) => match r {
-                Ok(0) => break End::Clean,
+                None => reader.read_buf(&mut buf).await,
+            };
+            match read {
+                Ok(0) => return End::Clean,
                 Ok(_) => {
                     let out = scanner.feed(&buf.split());
                     if scanner.status().is_some() && marker_deadline.is_none() {
-                        marker_deadline = Some(tokio::time::Instant::now() + config.drain_after_marker);
+                        marker_deadline =
+                            Some(tokio::time::Instant::now() + config.drain_after_marker);
                     }
                     if !out.is_empty() && stdout.write(out).await.is_err() {
-                        return ExitStatus::internal("session closed");
+                        return End::ClientGone;
                     }
                 }
-                Err(e) => break End::Dropped(e.to_string()),
-            },
+                Err(e) => return End::Dropped(e.to_string()),
+            }
         }
+    };
+    let end = match duplex::drive(cancel, input_side, output_side).await {
+        Ending::Cancelled | Ending::Finished(End::ClientGone) => {
+            return ExitStatus::internal("session closed");
+        }
+        Ending::Finished(end) => end,
     };
     let rest = scanner.finish();
     if !rest.is_empty() {
@@ -402,8 +415,55 @@ async fn attach(
     }
 }
 
+/// The rendezvous stream's write side as the input direction. A one-off dyno's terminal size
+/// is fixed at create, so the first resize is answered with a note on stderr.
+struct RendezvousInput<'a, W> {
+    writer: W,
+    stderr: &'a backend::OutputSink,
+    told: bool,
+}
+
+impl<W: AsyncWrite + Unpin + Send> RemoteInput for RendezvousInput<'_, W> {
+    async fn write(&mut self, data: Bytes) -> std::io::Result<()> {
+        self.writer.write_all(&data).await?;
+        self.writer.flush().await
+    }
+    async fn end(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+    async fn resize(&mut self, _size: backend::TermSize) -> std::io::Result<()> {
+        if !self.told {
+            self.told = true;
+            let _ = self
+                .stderr
+                .write(Bytes::from_static(
+                    b"\r\ndynoagent: a one-off dyno's terminal size is fixed when it starts; this resize cannot reach it\r\n",
+                ))
+                .await;
+        }
+        Ok(())
+    }
+}
+
+/// Input after the exec input is complete: received and dropped.
+struct Discard;
+
+impl RemoteInput for Discard {
+    async fn write(&mut self, _data: Bytes) -> std::io::Result<()> {
+        Ok(())
+    }
+    async fn end(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+    async fn resize(&mut self, _size: backend::TermSize) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How the rendezvous stream's read side ended.
 enum End {
     Clean,
     DrainTimeout,
     Dropped(String),
+    ClientGone,
 }

@@ -19,14 +19,13 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backend::{ExitStatus, Input, OutputSink, SessionIo, TermSize};
+use backend::duplex::{self, Ending, RemoteInput, pump_input};
+use backend::{ExitStatus, SessionIo, TermSize};
 use bytes::Bytes;
 use russh::client;
 use russh::keys::ssh_key::{Algorithm, HashAlg, PrivateKey};
 use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelMsg, Disconnect, Preferred, Sig};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::hostkey::{HostKeyError, HostKeyPolicy, fingerprint};
 
@@ -428,70 +427,99 @@ impl Connection {
             Start::Shell => "a shell",
         });
 
-        let feed = feed_input(write.clone(), input, spec.pty.is_some(), spec.stdin_closed);
-        tokio::pin!(feed);
-        let mut fed = false;
+        let pty = spec.pty.is_some();
+        let mut input = input;
+        let input_side = async {
+            let mut remote = ChannelInput {
+                write: write.clone(),
+                pty,
+                ended: false,
+            };
+            let mut first = None;
+            if spec.stdin_closed
+                && let Err(e) = remote.end().await
+            {
+                first = Some(e);
+            }
+            let mut end = pump_input(&mut input, remote).await;
+            end.failed = first.or(end.failed);
+            end
+        };
         let mut outcome: Option<Outcome> = None;
-        let mut drain_deadline: Option<tokio::time::Instant> = None;
-        loop {
-            let deadline = drain_deadline;
-            tokio::select! {
-                () = cancel.cancelled() => {
-                    self.stop_remote(&write, &mut read, spec.pty.is_some()).await;
-                    return ExitStatus::internal("session closed");
-                }
-                r = &mut feed, if !fed => {
-                    fed = true;
-                    if let Err(e) = r {
-                        // The channel is closing; its messages say how it ended.
-                        tracing::debug!(error = %e, "ssh input stopped");
+        let output_side = async {
+            let mut drain_deadline: Option<tokio::time::Instant> = None;
+            loop {
+                let msg = match drain_deadline {
+                    Some(deadline) => match tokio::time::timeout_at(deadline, read.wait()).await {
+                        Ok(msg) => msg,
+                        Err(_) => return ChannelEnd::DrainTimeout,
+                    },
+                    None => read.wait().await,
+                };
+                let Some(msg) = msg else {
+                    return ChannelEnd::Closed;
+                };
+                let is_stderr = matches!(msg, ChannelMsg::ExtendedData { .. });
+                match msg {
+                    ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => {
+                        // Extended data (type 1) is the remote stderr.
+                        let sink = if is_stderr { &stderr } else { &stdout };
+                        if sink.write(data).await.is_err() {
+                            return ChannelEnd::ClientGone;
+                        }
                     }
-                }
-                () = sleep_until(deadline), if deadline.is_some() => {
-                    tracing::debug!("ssh channel sent its exit status but did not close; ending it");
-                    let _ = write.close().await;
-                    break;
-                }
-                msg = read.wait() => {
-                    let Some(msg) = msg else { break };
-                    let is_stderr = matches!(msg, ChannelMsg::ExtendedData { .. });
-                    match msg {
-                        ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => {
-                            // Extended data (type 1) is the remote stderr.
-                            let sink = if is_stderr { &stderr } else { &stdout };
-                            if !forward(sink, data, &cancel).await {
-                                self.stop_remote(&write, &mut read, spec.pty.is_some()).await;
-                                return ExitStatus::internal("session closed");
-                            }
-                        }
-                        ChannelMsg::ExitStatus { exit_status } => {
-                            outcome.get_or_insert(Outcome::Code(exit_status));
-                        }
-                        ChannelMsg::ExitSignal { signal_name, error_message, core_dumped, .. } => {
-                            let mut message = error_message;
-                            if core_dumped {
-                                message.push_str(" (core dumped)");
-                            }
-                            outcome.get_or_insert(Outcome::Signal { name: sig_name(&signal_name), message });
-                        }
-                        ChannelMsg::Success => {
-                            pending.pop_front();
-                        }
-                        ChannelMsg::Failure => {
-                            let what = pending.pop_front().unwrap_or("a channel request");
-                            let _ = write.close().await;
-                            return ExitStatus::internal(format!(
-                                "the SSH server at {} refused {what}", self.target.addr()
-                            ));
-                        }
-                        ChannelMsg::Close => break,
-                        _ => {}
+                    ChannelMsg::ExitStatus { exit_status } => {
+                        outcome.get_or_insert(Outcome::Code(exit_status));
                     }
-                    if outcome.is_some() {
-                        drain_deadline = Some(tokio::time::Instant::now() + DRAIN_AFTER_STATUS);
+                    ChannelMsg::ExitSignal {
+                        signal_name,
+                        error_message,
+                        core_dumped,
+                        ..
+                    } => {
+                        let mut message = error_message;
+                        if core_dumped {
+                            message.push_str(" (core dumped)");
+                        }
+                        outcome.get_or_insert(Outcome::Signal {
+                            name: sig_name(&signal_name),
+                            message,
+                        });
                     }
+                    ChannelMsg::Success => {
+                        pending.pop_front();
+                    }
+                    ChannelMsg::Failure => {
+                        return ChannelEnd::Refused(
+                            pending.pop_front().unwrap_or("a channel request"),
+                        );
+                    }
+                    ChannelMsg::Close => return ChannelEnd::Closed,
+                    _ => {}
+                }
+                if outcome.is_some() {
+                    // Data resets the timer: a server that keeps sending is still draining.
+                    drain_deadline = Some(tokio::time::Instant::now() + DRAIN_AFTER_STATUS);
                 }
             }
+        };
+        match duplex::drive(&cancel, input_side, output_side).await {
+            Ending::Cancelled | Ending::Finished(ChannelEnd::ClientGone) => {
+                self.stop_remote(&write, &mut read, pty).await;
+                return ExitStatus::internal("session closed");
+            }
+            Ending::Finished(ChannelEnd::Refused(what)) => {
+                let _ = write.close().await;
+                return ExitStatus::internal(format!(
+                    "the SSH server at {} refused {what}",
+                    self.target.addr()
+                ));
+            }
+            Ending::Finished(ChannelEnd::DrainTimeout) => {
+                tracing::debug!("ssh channel sent its exit status but did not close; ending it");
+                let _ = write.close().await;
+            }
+            Ending::Finished(ChannelEnd::Closed) => {}
         }
         match outcome {
             Some(Outcome::Code(code)) => status_from_code(code),
@@ -547,66 +575,65 @@ impl Connection {
     }
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
+/// How the channel's read side ended.
+enum ChannelEnd {
+    /// The server closed the channel.
+    Closed,
+    /// The server sent an exit status, then stayed silent past [`DRAIN_AFTER_STATUS`].
+    DrainTimeout,
+    /// The server refused a channel request (what is named).
+    Refused(&'static str),
+    /// The client can no longer receive output.
+    ClientGone,
 }
 
-/// Writes `data` to `sink` unless the session is cancelled first. `false`: stop.
-async fn forward(sink: &OutputSink, data: Bytes, cancel: &CancellationToken) -> bool {
-    tokio::select! {
-        () = cancel.cancelled() => false,
-        r = sink.write(data) => r.is_ok(),
-    }
-}
-
-/// Forwards client input to the channel until the input ends.
-async fn feed_input(
+/// The channel's write side as the input direction: data, end of input (`eof` without a
+/// PTY, `0x04` under one, since a PTY ignores SSH EOF) and window changes.
+struct ChannelInput {
     write: Arc<russh::ChannelWriteHalf<client::Msg>>,
-    mut input: mpsc::Receiver<Input>,
     pty: bool,
-    stdin_closed: bool,
-) -> Result<(), russh::Error> {
-    let end = |write: Arc<russh::ChannelWriteHalf<client::Msg>>| async move {
-        if pty {
-            write.data_bytes(Bytes::from_static(&[EOT])).await
-        } else {
-            write.eof().await
-        }
-    };
-    if stdin_closed {
-        end(write.clone()).await?;
-        if !pty {
+    /// An SSH EOF was sent: nothing may follow it.
+    ended: bool,
+}
+
+impl RemoteInput for ChannelInput {
+    async fn write(&mut self, data: Bytes) -> std::io::Result<()> {
+        if self.ended {
+            // Later input would be a protocol error; the command has its EOF.
             return Ok(());
         }
+        self.write
+            .data_bytes(data)
+            .await
+            .map_err(std::io::Error::other)
     }
-    while let Some(event) = input.recv().await {
-        match event {
-            Input::Data(data) => write.data_bytes(data).await?,
-            Input::Eof => {
-                end(write.clone()).await?;
-                if !pty {
-                    // Nothing can follow an SSH EOF; later input would be a protocol error.
-                    return Ok(());
-                }
-            }
-            Input::Resize(size) => {
-                if pty {
-                    write
-                        .window_change(
-                            u32::from(size.cols),
-                            u32::from(size.rows),
-                            u32::from(size.xpixel),
-                            u32::from(size.ypixel),
-                        )
-                        .await?;
-                }
-            }
+    async fn end(&mut self) -> std::io::Result<()> {
+        if self.pty {
+            self.write
+                .data_bytes(Bytes::from_static(&[EOT]))
+                .await
+                .map_err(std::io::Error::other)
+        } else if self.ended {
+            Ok(())
+        } else {
+            self.ended = true;
+            self.write.eof().await.map_err(std::io::Error::other)
         }
     }
-    Ok(())
+    async fn resize(&mut self, size: TermSize) -> std::io::Result<()> {
+        if !self.pty {
+            return Ok(());
+        }
+        self.write
+            .window_change(
+                u32::from(size.cols),
+                u32::from(size.rows),
+                u32::from(size.xpixel),
+                u32::from(size.ypixel),
+            )
+            .await
+            .map_err(std::io::Error::other)
+    }
 }
 
 fn channel_open_reason(e: &russh::Error) -> String {

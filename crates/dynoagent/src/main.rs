@@ -1,5 +1,5 @@
 //! The `dynoagent` binary: loads the configuration, installs logging, runs the agent from the
-//! `agent` crate, and turns SIGTERM/SIGINT into a bounded graceful drain.
+//! `agent` crate, and turns SIGTERM/SIGINT/SIGHUP into a bounded graceful drain.
 //!
 //! Nothing else lives here: every behaviour worth testing is in a library crate.
 
@@ -87,23 +87,26 @@ async fn run(config: AgentConfig) -> ExitCode {
         gateway_host = config.link.dsn.host(),
         "dynoagent starting"
     );
-    let agent = Agent::new(config, router, shutdown.clone());
-    let mut running = tokio::spawn(agent.run());
-
-    let (mut term, mut int) = match (
+    // Handlers first: a signal that arrives while the agent starts must drain it, not kill it.
+    // SIGHUP (a closed terminal, some supervisors) is a shutdown too, never an instant death.
+    let (mut term, mut int, mut hup) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) {
-        (Ok(t), Ok(i)) => (t, i),
+        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
         _ => {
             tracing::error!("cannot install signal handlers");
             return ExitCode::from(1);
         }
     };
+    let agent = Agent::new(config, router, shutdown.clone());
+    let mut running = tokio::spawn(agent.run());
     let signal_name = tokio::select! {
         _ = &mut running => return ExitCode::SUCCESS,
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
+        _ = hup.recv() => "SIGHUP",
     };
     tracing::info!(
         signal = signal_name,
@@ -152,9 +155,10 @@ fn dev(options: devstack::DevOptions) -> ExitCode {
         {
             println!("{}", stack.instructions());
         }
-        let (Ok(mut term), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) else {
             stack.shutdown().await;
             return ExitCode::from(1);
@@ -162,6 +166,7 @@ fn dev(options: devstack::DevOptions) -> ExitCode {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
+            _ = hup.recv() => {}
         }
         #[allow(clippy::print_stdout)]
         {

@@ -222,6 +222,55 @@ async fn sigterm_drains_live_sessions_and_exits() {
     );
 }
 
+/// Issue 14: SIGHUP (a terminal closing, some supervisors) is a graceful shutdown like
+/// SIGTERM, not the default instant death that leaves sessions without their close.
+#[tokio::test]
+async fn sighup_drains_like_sigterm() {
+    use bytes::Bytes;
+    use dynoagent_tests::{FakeGateway, Params, Tag, sid};
+    use hoop_wire::{AgentPacket, ClientPacket};
+
+    let tag = Tag::new();
+    let mut gw = FakeGateway::start("agent-hup", "xagt-hup-secret").await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dynoagent"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOOP_KEY", gw.dsn())
+        .env("DYNOAGENT_KILL_GRACE_SECS", "2")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stream = gw.next_agent().await;
+    let id = sid();
+    let mut replies = stream.watch_session(&id);
+    stream
+        .send(Params::new(&["sleep", "100"], "exec", &tag).open(&id))
+        .await;
+    assert!(matches!(
+        replies.next().await,
+        ClientPacket::SessionOpenOk { .. }
+    ));
+    stream
+        .send(AgentPacket::ExecWriteStdin {
+            session_id: id,
+            data: Bytes::new(),
+        })
+        .await;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let out = replies.until_close().await;
+    assert_eq!(out.exit_code, Some(254));
+    assert_eq!(out.message, "agent shutting down");
+    let status = tokio::time::timeout(std::time::Duration::from_secs(25), child.wait())
+        .await
+        .expect("exit within 25 s")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    tag.assert_no_processes();
+}
+
 /// Splits a logfmt line into its `key=value` pairs (values may be double-quoted with `\"`).
 fn logfmt_pairs(line: &str) -> Vec<(String, String)> {
     let mut pairs = Vec::new();

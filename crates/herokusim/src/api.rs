@@ -330,6 +330,10 @@ async fn create_dyno(
     };
     let json = dynos::create_one_off(&shared, &app, req).ok_or_else(ApiError::app_not_found)?;
     shared.state().created.push(record);
+    let delay = shared.faults().create_response_delay_ms;
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     Ok(ok_json(StatusCode::CREATED, &json))
 }
 

@@ -17,6 +17,9 @@ pub struct Faults {
     pub create_conflicts: u32,
     /// Answer the next N creates with 422 `cannot_run_above_limit`.
     pub create_limit_errors: u32,
+    /// Create one-off dynos at once but answer the create this many milliseconds later (a
+    /// slow API): a client that gives up meanwhile leaves a dyno it never heard of.
+    pub create_response_delay_ms: u64,
     /// Answer the next N Platform API requests with 429 `rate_limit`, `RateLimit-Remaining: 0`
     /// and `Retry-After: retry_after_secs`.
     pub rate_limited: u32,
@@ -31,6 +34,11 @@ pub struct Faults {
     /// Drop every rendezvous connection abruptly (no TLS close_notify) after this many output
     /// bytes; the one-off's process is killed as for a client disconnect.
     pub drop_rendezvous_after: Option<u64>,
+    /// Reset every rendezvous connection (TCP RST, no TLS close_notify) once more than this
+    /// many input bytes were read from the client, as when a dyno's process exits without
+    /// reading its input; the client's pending write and read fail. The one-off's process is
+    /// killed as for a client disconnect.
+    pub reset_rendezvous_after_input: Option<u64>,
     /// Drop every SSH connection abruptly (TCP closed, no SSH close) after this many bytes of
     /// channel data were sent to the client; its processes are killed.
     pub drop_ssh_after: Option<u64>,

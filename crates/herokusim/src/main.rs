@@ -52,12 +52,18 @@ struct Args {
     /// Status of injected server errors (default 503).
     #[arg(long, value_name = "STATUS")]
     server_error_status: Option<u16>,
+    /// Fault: answer dyno creates this much later (the dyno exists at once).
+    #[arg(long, value_name = "MS")]
+    create_response_delay_ms: Option<u64>,
     /// Fault: delay the rendezvous ack.
     #[arg(long, value_name = "MS")]
     ack_delay_ms: Option<u64>,
     /// Fault: drop rendezvous connections after N output bytes.
     #[arg(long, value_name = "BYTES")]
     drop_rendezvous_after: Option<u64>,
+    /// Fault: reset rendezvous connections (TCP RST) after N input bytes.
+    #[arg(long, value_name = "BYTES")]
+    reset_rendezvous_after_input: Option<u64>,
     /// Fault: drop SSH connections after N bytes of channel data.
     #[arg(long, value_name = "BYTES")]
     drop_ssh_after: Option<u64>,
@@ -107,11 +113,17 @@ fn build_config(args: &Args) -> Result<SimConfig, herokusim::SimError> {
     if let Some(s) = args.server_error_status {
         f.server_error_status = s;
     }
+    if let Some(ms) = args.create_response_delay_ms {
+        f.create_response_delay_ms = ms;
+    }
     if let Some(ms) = args.ack_delay_ms {
         f.ack_delay_ms = ms;
     }
     if args.drop_rendezvous_after.is_some() {
         f.drop_rendezvous_after = args.drop_rendezvous_after;
+    }
+    if args.reset_rendezvous_after_input.is_some() {
+        f.reset_rendezvous_after_input = args.reset_rendezvous_after_input;
     }
     if args.drop_ssh_after.is_some() {
         f.drop_ssh_after = args.drop_ssh_after;

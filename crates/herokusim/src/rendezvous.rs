@@ -6,7 +6,8 @@
 //! - the child exits → drain its output (bounded), TLS close_notify, close;
 //! - the client disconnects → SIGHUP the child's group, SIGKILL after the grace;
 //! - the dyno is stopped (time_to_live, DELETE, shutdown) → kill, then close_notify;
-//! - an injected drop → stop writing after N bytes and close the TCP without close_notify.
+//! - an injected drop → stop writing after N bytes and close the TCP without close_notify;
+//! - an injected reset → stop reading after N input bytes and reset the TCP (RST).
 //!
 //! In no-tty mode a client `0x04` closes the child's stdin: bytes before it are delivered,
 //! bytes after it are discarded (stdin cannot be reopened; Heroku's behaviour here is
@@ -133,6 +134,10 @@ fn claim(shared: &SharedRef, secret: &str) -> Option<Claim> {
 
 async fn handle(shared: SharedRef, acceptor: TlsAcceptor, tcp: TcpStream) {
     let _ = tcp.set_nodelay(true);
+    if shared.faults().reset_rendezvous_after_input.is_some() {
+        // With a zero linger, dropping the socket sends RST instead of FIN.
+        let _ = tcp.set_zero_linger();
+    }
     let Ok(Ok(mut tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
     else {
         tracing::debug!("rendezvous tls handshake failed");
@@ -166,7 +171,14 @@ enum Outcome {
     Exited,
     ClientGone,
     Dropped,
+    Reset,
     Stopped,
+}
+
+/// How the input direction ended.
+enum InputEnd {
+    ClientGone,
+    Reset,
 }
 
 async fn session<S>(shared: &SharedRef, claim: Claim, tls: S, leftover: Vec<u8>)
@@ -224,7 +236,13 @@ where
     let drain = shared.drain();
 
     let outcome = {
-        let input = pump_input(&mut rd, stdin, leftover, tty);
+        let input = pump_input(
+            &mut rd,
+            stdin,
+            leftover,
+            tty,
+            faults.reset_rendezvous_after_input,
+        );
         let output = pump_output(&mut out, &mut wr, faults.drop_rendezvous_after);
         tokio::pin!(input);
         tokio::pin!(output);
@@ -232,7 +250,10 @@ where
         let outcome = loop {
             tokio::select! {
                 () = cancel.cancelled() => break Outcome::Stopped,
-                () = &mut input => break Outcome::ClientGone,
+                end = &mut input => match end {
+                    InputEnd::ClientGone => break Outcome::ClientGone,
+                    InputEnd::Reset => break Outcome::Reset,
+                },
                 end = &mut output, if !output_eof => match end {
                     OutputEnd::Eof => output_eof = true,
                     OutputEnd::ClientGone => break Outcome::ClientGone,
@@ -273,6 +294,11 @@ where
             terminate(&mut spawned, Signal::SIGHUP, shared.kill_grace()).await;
             // No close_notify: the TCP connection just closes.
         }
+        Outcome::Reset => {
+            tracing::info!(dyno = %claim.name, "resetting the rendezvous connection (injected fault)");
+            terminate(&mut spawned, Signal::SIGHUP, shared.kill_grace()).await;
+            // No close_notify: the socket has a zero linger, so dropping it sends RST.
+        }
         Outcome::Stopped => {
             tracing::info!(dyno = %claim.name, "dyno stopped: killing the process and closing");
             terminate(&mut spawned, Signal::SIGHUP, shared.kill_grace()).await;
@@ -281,32 +307,41 @@ where
     }
 }
 
-/// Client → process. Returns when the client is gone (EOF or error).
+/// Client → process. Returns when the client is gone (EOF or error), or when more than
+/// `reset_after` bytes were read (the injected reset).
 async fn pump_input<R>(
     rd: &mut R,
     stdin: Box<dyn AsyncWrite + Unpin + Send>,
     leftover: Vec<u8>,
     tty: bool,
-) where
+    reset_after: Option<u64>,
+) -> InputEnd
+where
     R: AsyncRead + Unpin,
 {
     let mut stdin = Some(stdin);
     let mut discarded = 0usize;
     let mut buf = vec![0u8; CHUNK];
     let mut pending = leftover;
-    loop {
+    let mut read = pending.len() as u64;
+    let end = loop {
+        if reset_after.is_some_and(|limit| read > limit) {
+            break InputEnd::Reset;
+        }
         if !pending.is_empty() {
             deliver(&mut stdin, &pending, tty, &mut discarded).await;
         }
         let n = match rd.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
+            Ok(0) | Err(_) => break InputEnd::ClientGone,
             Ok(n) => n,
         };
+        read += n as u64;
         pending = buf.get(..n).map(<[u8]>::to_vec).unwrap_or_default();
-    }
+    };
     if discarded > 0 {
         tracing::debug!(discarded, "input after 0x04 discarded");
     }
+    end
 }
 
 async fn deliver(
