@@ -6,6 +6,12 @@
 //! decide which variables a process inherits from the agent: that is each backend's business.
 //!
 //! Values are secrets. Nothing here logs them, and `Debug` prints variable names only.
+//!
+//! Clients are only partly trusted (STYLE.md rule 17): they may send `envvar:` entries only,
+//! never under a name in [`CLIENT_REFUSED_NAMES`] or [`CLIENT_REFUSED_PREFIXES`] (names that
+//! make loaders, shells and interpreters run other code, and dynoagent's own policy names),
+//! and, when the connection sets [`CLIENT_ENV_ALLOW_VAR`], only under the names it lists.
+//! `$NAME` in a connection's command expands from connection and agent (`HOOP_*`) values only.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -21,6 +27,139 @@ use hoop_wire::spec::SYSTEM_AGENT_ENVS;
 /// Secret-manager references the agent does not resolve (hoop's enterprise providers).
 const UNSUPPORTED_REFERENCES: [&str; 3] = ["_aws:", "_vaultkv1:", "_vaultkv2:"];
 const ENVJSON_REFERENCE: &str = "_envjson:";
+
+/// The connection variable that narrows which variables clients may send: a comma-separated
+/// list of names (spaces ignored). Set but empty, clients may send none. Read only from the
+/// connection; names in [`CLIENT_REFUSED_NAMES`] stay refused even when listed.
+pub const CLIENT_ENV_ALLOW_VAR: &str = "DYNOAGENT_CLIENT_ENV";
+
+/// Variable names a client may never set: each makes a loader, a shell, an interpreter or a
+/// tool the connection runs load or execute code of the client's choosing, or is a policy,
+/// key or identity variable that only the connection may set. Documented in docs/security.md.
+pub const CLIENT_REFUSED_NAMES: &[&str] = &[
+    // The dynamic loader and libc (glibc ignores these only for setuid programs).
+    "GCONV_PATH",
+    "GETCONF_DIR",
+    "GLIBC_TUNABLES",
+    "HOSTALIASES",
+    "LOCALDOMAIN",
+    "LOCPATH",
+    "MALLOC_TRACE",
+    "NIS_PATH",
+    "NLSPATH",
+    "RESOLV_HOST_CONF",
+    "RES_OPTIONS",
+    "TMPDIR",
+    "TZDIR",
+    // Where programs are found and which start-up files shells and tools read.
+    "PATH",
+    "HOME",
+    "SHELL",
+    "ENV",
+    "BASH_ENV",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "PS4",
+    "PROMPT_COMMAND",
+    "IFS",
+    "CDPATH",
+    "GLOBIGNORE",
+    "INPUTRC",
+    "ZDOTDIR",
+    "XDG_CONFIG_HOME",
+    "XDG_CONFIG_DIRS",
+    "XDG_DATA_HOME",
+    "XDG_DATA_DIRS",
+    // Programs that tools start on the user's behalf.
+    "PAGER",
+    "MANPAGER",
+    "PSQL_PAGER",
+    "PSQL_EDITOR",
+    "PSQL_EDITOR_LINENUMBER_ARG",
+    "PSQLRC",
+    "PGSERVICEFILE",
+    "PGSYSCONFDIR",
+    "EDITOR",
+    "VISUAL",
+    "BROWSER",
+    "LESSOPEN",
+    "LESSCLOSE",
+    "LESSKEY",
+    "LESSKEYIN",
+    "SYSTEMD_PAGER",
+    "SSH_ASKPASS",
+    "SUDO_ASKPASS",
+    "MYSQL_HOME",
+    // Interpreters and runtimes.
+    "NODE_OPTIONS",
+    "NODE_PATH",
+    "NODE_REPL_EXTERNAL_MODULE",
+    "PYTHONSTARTUP",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONUSERBASE",
+    "PYTHONINSPECT",
+    "PYTHONBREAKPOINT",
+    "PERL5OPT",
+    "PERL5LIB",
+    "PERLLIB",
+    "PERL5DB",
+    "RUBYOPT",
+    "RUBYLIB",
+    "RUBYSHELL",
+    "IRBRC",
+    "GEM_HOME",
+    "GEM_PATH",
+    "BUNDLE_GEMFILE",
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "CLASSPATH",
+    "PHPRC",
+    "PHP_INI_SCAN_DIR",
+    "LUA_INIT",
+    "LUA_PATH",
+    "LUA_CPATH",
+    "R_PROFILE_USER",
+    "R_ENVIRON_USER",
+    // Policy, keys and identity: only the connection sets these.
+    "HEROKU_API_KEY",
+    "HEROKU_APPS",
+    "PSEXEC_AUTO_ENABLE",
+    CLIENT_ENV_ALLOW_VAR,
+];
+
+/// Name prefixes a client may never use (same reasons as [`CLIENT_REFUSED_NAMES`]): the
+/// loader's `LD_*` (and macOS's `DYLD_*`), bash's exported functions (`BASH_FUNC_*`), git's
+/// hooks, helpers and config injection (`GIT_*`), Python and Node runtime switches, the ssh
+/// backend's settings (`SSH_*`), hoop's and dynoagent's own variables (`HOOP_*`,
+/// `DYNOAGENT_*`).
+pub const CLIENT_REFUSED_PREFIXES: &[&str] = &[
+    "LD_",
+    "DYLD_",
+    "BASH_FUNC_",
+    "GIT_",
+    "PYTHON",
+    "NODE_",
+    "SSH_",
+    "HOOP_",
+    "DYNOAGENT_",
+];
+
+/// Why a client variable name is refused, or `None` if the deny list allows it.
+pub fn client_name_refusal(name: &str) -> Option<&'static str> {
+    if CLIENT_REFUSED_NAMES.contains(&name) {
+        return Some(
+            "it can make the connection's programs load or run other code, or it is a setting only the connection may set",
+        );
+    }
+    if CLIENT_REFUSED_PREFIXES.iter().any(|p| name.starts_with(p)) {
+        return Some(
+            "names with this prefix steer loaders, interpreters or the agent itself and only the connection may set them",
+        );
+    }
+    None
+}
 
 /// Why the session environment could not be built. Messages name variables, never values.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -39,6 +178,18 @@ pub enum EnvError {
     Reference { name: String, reason: String },
     #[error("cannot write the file for {name}: {reason}")]
     File { name: String, reason: String },
+    #[error(
+        "client variable {0} is refused: clients may send only envvar: values (hoop exec -e NAME=VALUE), not files; store files in the connection"
+    )]
+    ClientFile(String),
+    #[error(
+        "client variable {name} is refused: {reason}; remove -e {name}, or set it on the connection"
+    )]
+    ClientName { name: String, reason: &'static str },
+    #[error(
+        "client variable {0} is refused: this connection allows only the client variables listed in its DYNOAGENT_CLIENT_ENV; remove -e {0}, or ask an administrator to list it"
+    )]
+    ClientNotAllowed(String),
 }
 
 /// Resolved variables plus the files that back `filesystem:` entries.
@@ -49,6 +200,14 @@ pub struct SessionEnv {
     /// Names whose value came from the connection (the gateway's administrators), not from
     /// the client: only these may carry policy (allowlists, opt-ins).
     from_connection: std::collections::BTreeSet<String>,
+    /// Every name the connection sent, whatever its kind or encoding (`filesystem:` entries
+    /// and non-UTF-8 values too): a policy variable the connection set but that cannot be read
+    /// as text must fail closed, not count as unset.
+    named_by_connection: std::collections::BTreeSet<String>,
+    /// Names whose value came from the client: never expanded into a command.
+    from_client: std::collections::BTreeSet<String>,
+    /// Names of the connection's `filesystem:` entries (their value is the file's path).
+    connection_files: std::collections::BTreeSet<String>,
 }
 
 impl fmt::Debug for SessionEnv {
@@ -94,10 +253,43 @@ impl SessionEnv {
         }
     }
 
+    /// The value of a connection entry as UTF-8 text: an `envvar:` value, or the path of the
+    /// file written for a `filesystem:` entry. Secrets that may be given either way (SSH keys,
+    /// known_hosts) are read with this; never a client's value.
+    pub fn connection_text_or_file(&self, name: &str) -> Option<&str> {
+        if self.from_connection.contains(name) || self.connection_files.contains(name) {
+            self.get_str(name)
+        } else {
+            None
+        }
+    }
+
+    /// Sets a `filesystem:` entry as the connection would (tests): `path` is the file.
+    pub fn set_file_from_connection(&mut self, name: &str, path: impl Into<OsString>) {
+        self.set(name, path);
+        self.connection_files.insert(name.to_owned());
+        self.named_by_connection.insert(name.to_owned());
+    }
+
+    /// Whether the connection sent an entry of this name at all (any kind, any encoding).
+    /// Policy readers use it to fail closed when [`SessionEnv::connection_str`] is `None`
+    /// although the connection did name the variable (a `filesystem:` entry, bytes that are
+    /// not UTF-8).
+    pub fn named_by_connection(&self, name: &str) -> bool {
+        self.named_by_connection.contains(name)
+    }
+
     /// Sets a variable as the connection would (tests, and backends' own defaults).
     pub fn set_from_connection(&mut self, name: &str, value: impl Into<OsString>) {
         self.set(name, value);
         self.from_connection.insert(name.to_owned());
+        self.named_by_connection.insert(name.to_owned());
+    }
+
+    /// Sets a variable as a client would (tests).
+    pub fn set_from_client(&mut self, name: &str, value: impl Into<OsString>) {
+        self.set(name, value);
+        self.from_client.insert(name.to_owned());
     }
 
     /// Sets a variable unless it is already set.
@@ -107,10 +299,13 @@ impl SessionEnv {
             .or_insert_with(|| value.into());
     }
 
-    /// Sets a variable, replacing any value (it no longer counts as the connection's).
+    /// Sets a variable as the agent does, replacing any value (it no longer counts as the
+    /// connection's nor the client's).
     pub fn set(&mut self, name: &str, value: impl Into<OsString>) {
         self.vars.insert(name.to_owned(), value.into());
         self.from_connection.remove(name);
+        self.from_client.remove(name);
+        self.connection_files.remove(name);
     }
 
     /// All variables, sorted by name.
@@ -123,10 +318,13 @@ impl SessionEnv {
         &self.files
     }
 
-    /// Expands `$NAME` and `${NAME}` in `text` where `NAME` is a session variable. Anything
-    /// else (`$$`, `$1`, names the session does not define) is left exactly as written, so a
-    /// connection command like `bash -c 'read l; echo $l'` keeps working. hoop's agent failed
-    /// on unknown names instead; passing them through is the friendlier, documented choice.
+    /// Expands `$NAME` and `${NAME}` in `text` where `NAME` is a variable set by the connection
+    /// or by the agent (`HOOP_*` session variables). A client's `-e` value is never expanded:
+    /// otherwise a user could fill a `$NAME` the connection leaves unset and so change the
+    /// connection's command. Anything else (`$$`, `$1`, names the session does not define,
+    /// client names) is left exactly as written, so a connection command like
+    /// `bash -c 'read l; echo $l'` keeps working. hoop's agent failed on unknown names instead;
+    /// passing them through is the friendlier, documented choice.
     pub fn expand(&self, text: &str) -> String {
         let mut out = String::with_capacity(text.len());
         let mut rest = text;
@@ -151,7 +349,10 @@ impl SessionEnv {
                     )
                 }
             };
-            match self.get_str(name).filter(|_| !name.is_empty()) {
+            match self
+                .get_str(name)
+                .filter(|_| !name.is_empty() && !self.from_client.contains(name))
+            {
                 Some(value) => {
                     out.push_str(value);
                     rest = tail;
@@ -189,6 +390,7 @@ pub fn resolve(
     agent_var: &dyn Fn(&str) -> Option<OsString>,
 ) -> Result<SessionEnv, EnvError> {
     let mut env = SessionEnv::default();
+    check_client_entries(sources)?;
     // Only connection entries (set by the gateway's administrators) may reach into the agent's
     // own environment. A client's value is taken literally: otherwise any user could read the
     // agent's secrets (`-e HOOP_KEY=system.agent.envs`).
@@ -199,6 +401,9 @@ pub fn resolve(
                 .ok_or_else(|| EnvError::UnknownType(key.clone()))?;
             if name.is_empty() || name.contains(['=', '\0']) {
                 return Err(EnvError::InvalidName(key.clone()));
+            }
+            if trusted {
+                env.named_by_connection.insert(name.to_owned());
             }
             if env.vars.contains_key(name) {
                 continue;
@@ -217,6 +422,8 @@ pub fn resolve(
                         .insert(name.to_owned(), OsString::from_vec(decoded));
                     if trusted {
                         env.from_connection.insert(name.to_owned());
+                    } else {
+                        env.from_client.insert(name.to_owned());
                     }
                 }
                 "filesystem" => {
@@ -228,6 +435,7 @@ pub fn resolve(
                     env.vars
                         .insert(name.to_owned(), path.clone().into_os_string());
                     env.files.push(path);
+                    env.connection_files.insert(name.to_owned());
                 }
                 _ => return Err(EnvError::UnknownType(key.clone())),
             }
@@ -237,6 +445,60 @@ pub fn resolve(
         env.set(name, value);
     }
     Ok(env)
+}
+
+/// Refuses client entries that are not plain `envvar:` values, that use a refused name, or
+/// that the connection's [`CLIENT_ENV_ALLOW_VAR`] does not list. Checked before anything is
+/// decoded or written, so a refused session leaves no file behind.
+fn check_client_entries(sources: &EnvSources<'_>) -> Result<(), EnvError> {
+    let allow: Option<Vec<String>> = sources
+        .connection
+        .get(&format!("envvar:{CLIENT_ENV_ALLOW_VAR}"))
+        .map(|v| {
+            // Undecodable: fail closed (an empty list allows nothing).
+            let text = base64::engine::general_purpose::STANDARD
+                .decode(v.trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .unwrap_or_default();
+            text.split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect()
+        });
+    let allow = allow.or_else(|| {
+        // Named by the connection in another form (a file): also fail closed.
+        sources
+            .connection
+            .contains_key(&format!("filesystem:{CLIENT_ENV_ALLOW_VAR}"))
+            .then(Vec::new)
+    });
+    for key in sources.client.keys() {
+        let (kind, name) = key
+            .split_once(':')
+            .ok_or_else(|| EnvError::UnknownType(key.clone()))?;
+        if name.is_empty() || name.contains(['=', '\0']) {
+            return Err(EnvError::InvalidName(key.clone()));
+        }
+        match kind {
+            "envvar" => {}
+            "filesystem" => return Err(EnvError::ClientFile(name.to_owned())),
+            _ => return Err(EnvError::UnknownType(key.clone())),
+        }
+        if let Some(reason) = client_name_refusal(name) {
+            return Err(EnvError::ClientName {
+                name: name.to_owned(),
+                reason,
+            });
+        }
+        if let Some(allow) = &allow
+            && !allow.iter().any(|a| a == name)
+        {
+            return Err(EnvError::ClientNotAllowed(name.to_owned()));
+        }
+    }
+    Ok(())
 }
 
 fn dereference(
@@ -299,7 +561,7 @@ fn write_file(dir: &Path, content: &[u8]) -> std::io::Result<PathBuf> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
@@ -393,7 +655,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let connection = map(&[("envvar:FROM_CONN", "system.agent.envs")]);
         let client = map(&[
-            ("envvar:HOOP_KEY", "system.agent.envs"),
+            ("envvar:AGENT_TOKEN", "system.agent.envs"),
             ("envvar:LEAK", "_envjson:SECRETS:db_url"),
         ]);
         let sources = EnvSources {
@@ -403,7 +665,7 @@ mod tests {
             file_dir: dir.path(),
         };
         let agent = |n: &str| match n {
-            "HOOP_KEY" => Some(OsString::from("grpc://a:secret@gw:8010")),
+            "AGENT_TOKEN" => Some(OsString::from("grpc://a:secret@gw:8010")),
             "FROM_CONN" => Some(OsString::from("agent value")),
             "SECRETS" => Some(OsString::from(r#"{"db_url":"postgres://x"}"#)),
             _ => None,
@@ -411,14 +673,113 @@ mod tests {
         let env = resolve(&sources, &agent).unwrap();
         // The connection may ask for the agent's value; the client gets its text literally.
         assert_eq!(env.get_str("FROM_CONN"), Some("agent value"));
-        assert_eq!(env.get_str("HOOP_KEY"), Some("system.agent.envs"));
+        assert_eq!(env.get_str("AGENT_TOKEN"), Some("system.agent.envs"));
         assert_eq!(env.connection_str("FROM_CONN"), Some("agent value"));
         assert_eq!(
-            env.connection_str("HOOP_KEY"),
+            env.connection_str("AGENT_TOKEN"),
             None,
             "a client value is not policy"
         );
         assert_eq!(env.get_str("LEAK"), Some("_envjson:SECRETS:db_url"));
+    }
+
+    #[test]
+    fn clients_send_only_plain_values_under_allowed_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let resolve_client = |connection: &BTreeMap<String, String>, client: &[(&str, &str)]| {
+            let client = map(client);
+            let sources = EnvSources {
+                connection,
+                client: &client,
+                session: &[],
+                file_dir: dir.path(),
+            };
+            resolve(&sources, &|_| None)
+        };
+        let none = BTreeMap::new();
+        for name in [
+            "LD_PRELOAD",
+            "LD_AUDIT",
+            "BASH_ENV",
+            "ENV",
+            "PATH",
+            "PAGER",
+            "NODE_OPTIONS",
+            "PYTHONSTARTUP",
+            "PYTHONPATH",
+            "PERL5OPT",
+            "RUBYOPT",
+            "GIT_CONFIG_COUNT",
+            "HOOP_KEY",
+            "SSH_HOST_KEY",
+            "DYNOAGENT_CLIENT_ENV",
+        ] {
+            let key = format!("envvar:{name}");
+            match resolve_client(&none, &[(key.as_str(), "x")]) {
+                Err(EnvError::ClientName { name: n, .. }) => assert_eq!(n, name),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            resolve_client(&none, &[("filesystem:CERT", "bytes")]).unwrap_err(),
+            EnvError::ClientFile("CERT".into())
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "nothing written"
+        );
+        let env = resolve_client(&none, &[("envvar:TZ", "UTC")]).unwrap();
+        assert_eq!(env.get_str("TZ"), Some("UTC"));
+
+        let allow = map(&[("envvar:DYNOAGENT_CLIENT_ENV", " TZ ,LANG")]);
+        assert!(resolve_client(&allow, &[("envvar:LANG", "C")]).is_ok());
+        assert_eq!(
+            resolve_client(&allow, &[("envvar:OTHER", "x")]).unwrap_err(),
+            EnvError::ClientNotAllowed("OTHER".into())
+        );
+        let empty = map(&[("envvar:DYNOAGENT_CLIENT_ENV", "")]);
+        assert!(resolve_client(&empty, &[("envvar:TZ", "UTC")]).is_err());
+        assert!(resolve_client(&empty, &[]).is_ok());
+        let file = map(&[("filesystem:DYNOAGENT_CLIENT_ENV", "TZ")]);
+        assert!(
+            resolve_client(&file, &[("envvar:TZ", "UTC")]).is_err(),
+            "an allowlist in a file fails closed"
+        );
+        // A listed name that the deny list refuses stays refused.
+        let wide = map(&[("envvar:DYNOAGENT_CLIENT_ENV", "LD_PRELOAD")]);
+        assert!(matches!(
+            resolve_client(&wide, &[("envvar:LD_PRELOAD", "x")]),
+            Err(EnvError::ClientName { .. })
+        ));
+    }
+
+    #[test]
+    fn only_connection_and_agent_values_expand() {
+        let mut env = SessionEnv::default();
+        env.set_from_client("TARGET", "evil");
+        env.set_from_connection("DB", "reports");
+        env.set("HOOP_SESSION_ID", "s-1");
+        assert_eq!(
+            env.expand("$TARGET ${TARGET} $DB $HOOP_SESSION_ID"),
+            "$TARGET ${TARGET} reports s-1"
+        );
+    }
+
+    #[test]
+    fn policy_names_given_as_files_are_visible_to_policy_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let connection = map(&[("filesystem:HEROKU_APPS", "app-one")]);
+        let none = BTreeMap::new();
+        let sources = EnvSources {
+            connection: &connection,
+            client: &none,
+            session: &[],
+            file_dir: dir.path(),
+        };
+        let env = resolve(&sources, &|_| None).unwrap();
+        assert_eq!(env.connection_str("HEROKU_APPS"), None);
+        assert!(env.named_by_connection("HEROKU_APPS"));
     }
 
     #[test]
