@@ -10,6 +10,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod env;
+pub mod file;
 mod io;
 
 use std::fmt;
