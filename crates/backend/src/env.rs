@@ -197,6 +197,9 @@ pub enum EnvError {
 pub struct SessionEnv {
     vars: BTreeMap<String, OsString>,
     files: Vec<PathBuf>,
+    /// This session's private directory (0700) holding `files`, created on the first
+    /// `filesystem:` entry and removed with the environment.
+    dir: Option<PathBuf>,
     /// Names whose value came from the connection (the gateway's administrators), not from
     /// the client: only these may carry policy (allowlists, opt-ins).
     from_connection: std::collections::BTreeSet<String>,
@@ -227,6 +230,12 @@ impl Drop for SessionEnv {
             {
                 tracing::warn!(path = %path.display(), error = %e, "cannot remove a session env file");
             }
+        }
+        if let Some(dir) = &self.dir
+            && let Err(e) = std::fs::remove_dir(dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %dir.display(), error = %e, "cannot remove a session env directory");
         }
     }
 }
@@ -427,11 +436,19 @@ pub fn resolve(
                     }
                 }
                 "filesystem" => {
-                    let path =
-                        write_file(sources.file_dir, &decoded).map_err(|e| EnvError::File {
-                            name: name.to_owned(),
-                            reason: e.to_string(),
-                        })?;
+                    let file_error = |reason: String| EnvError::File {
+                        name: name.to_owned(),
+                        reason,
+                    };
+                    let dir = match &env.dir {
+                        Some(dir) => dir.clone(),
+                        None => {
+                            let dir = private_session_dir(sources.file_dir).map_err(file_error)?;
+                            env.dir = Some(dir.clone());
+                            dir
+                        }
+                    };
+                    let path = write_file(&dir, &decoded).map_err(|e| file_error(e.to_string()))?;
                     env.vars
                         .insert(name.to_owned(), path.clone().into_os_string());
                     env.files.push(path);
@@ -545,8 +562,59 @@ fn dereference(
     Ok(value)
 }
 
+/// Creates a session's own directory under `base`, mode 0700, and checks what it relies on:
+/// `base` is a real directory (not a symlink) that no other user can write to and that the
+/// agent's user owns (so nobody else can swap the session directory), and the new directory is
+/// the agent's, 0700. Another user who pre-created `base` (its default name under `/tmp` is
+/// predictable) is refused instead of trusted.
+fn private_session_dir(base: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(base)
+        .map_err(|e| format!("cannot create DYNOAGENT_ENV_DIR {}: {e}", base.display()))?;
+    let dir = base.join(uuid::Uuid::new_v4().to_string());
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| {
+            format!(
+                "cannot create a session directory in {}: {e}",
+                base.display()
+            )
+        })?;
+    let checked = (|| {
+        let base_meta = std::fs::symlink_metadata(base)
+            .map_err(|e| format!("cannot inspect DYNOAGENT_ENV_DIR {}: {e}", base.display()))?;
+        let meta = std::fs::symlink_metadata(&dir)
+            .map_err(|e| format!("cannot inspect the session directory: {e}"))?;
+        if !meta.is_dir() || meta.mode() & 0o777 != 0o700 {
+            return Err(format!(
+                "the session directory in {} is not a private directory (mode {:o})",
+                base.display(),
+                meta.mode() & 0o777
+            ));
+        }
+        // The new directory is owned by the agent's user: the base must be too.
+        if !base_meta.is_dir() || base_meta.uid() != meta.uid() || base_meta.mode() & 0o022 != 0 {
+            return Err(format!(
+                "DYNOAGENT_ENV_DIR {} must be a directory owned by the agent's user that no one else can write to (it is mode {:o}, owner uid {}); remove it or chmod 700 it",
+                base.display(),
+                base_meta.mode() & 0o777,
+                base_meta.uid()
+            ));
+        }
+        Ok(())
+    })();
+    if let Err(e) = checked {
+        let _ = std::fs::remove_dir(&dir);
+        return Err(e);
+    }
+    Ok(dir)
+}
+
 fn write_file(dir: &Path, content: &[u8]) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
     let path = dir.join(format!("{}.envfs", uuid::Uuid::new_v4()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -615,6 +683,49 @@ mod tests {
         );
         drop(env);
         assert!(!path.exists(), "files are removed with the environment");
+    }
+
+    #[test]
+    fn each_session_gets_its_own_private_directory() {
+        use std::os::unix::fs::MetadataExt as _;
+        let base = tempfile::tempdir().unwrap();
+        let none = BTreeMap::new();
+        let connection = map(&[("filesystem:A", "a"), ("filesystem:B", "b")]);
+        let sources = EnvSources {
+            connection: &connection,
+            client: &none,
+            session: &[],
+            file_dir: base.path(),
+        };
+        let one = resolve(&sources, &|_| None).unwrap();
+        let two = resolve(&sources, &|_| None).unwrap();
+        let dir_of = |env: &SessionEnv, name: &str| {
+            PathBuf::from(env.get(name).unwrap())
+                .parent()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(dir_of(&one, "A"), dir_of(&one, "B"));
+        assert_ne!(dir_of(&one, "A"), dir_of(&two, "A"));
+        let dir = dir_of(&one, "A");
+        let meta = std::fs::metadata(&dir).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o700);
+        drop(one);
+        assert!(
+            !dir.exists(),
+            "the session directory is removed with the env"
+        );
+        drop(two);
+
+        // A base directory others can write to (or pre-created by another user) is refused.
+        std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        match resolve(&sources, &|_| None) {
+            Err(EnvError::File { reason, .. }) => {
+                assert!(reason.contains("no one else can write"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(std::fs::read_dir(base.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -33,6 +33,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // First of all: sessions of local connections run as the agent's user, and a dumpable
+    // process's /proc/PID/environ and memory are readable by every process of that user. Not
+    // dumpable, they are readable only by root (CAP_SYS_PTRACE), so a session cannot read the
+    // agent's HOOP_KEY or HEROKU_API_KEY. Children do not inherit this (execve resets it).
+    let non_dumpable = nix::sys::prctl::set_dumpable(false);
     let cli = Cli::parse();
     if let Some(Command::Dev { listen, audit_db }) = cli.command {
         return dev(devstack::DevOptions {
@@ -57,6 +62,9 @@ fn main() -> ExitCode {
             eprintln!("dynoagent: cannot install logging: {e}");
         }
         return ExitCode::from(2);
+    }
+    if let Err(e) = non_dumpable {
+        tracing::warn!(error = %e, "cannot make the agent non-dumpable; sessions of local connections can read its environment (HOOP_KEY)");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
