@@ -139,6 +139,13 @@ pub const APPS_ALLOWLIST_VAR: &str = "HEROKU_APPS";
 /// No allowlist means every app the API key can reach. Called before any API call.
 pub fn check_app_allowed(env: &SessionEnv, app: &str) -> Result<(), ExitStatus> {
     let Some(list) = env.connection_str(APPS_ALLOWLIST_VAR) else {
+        if env.named_by_connection(APPS_ALLOWLIST_VAR) {
+            // Set, but not readable as text (a `filesystem:` entry, bytes that are not
+            // UTF-8): fail closed rather than allow every app.
+            return Err(ExitStatus::internal(format!(
+                "app {app:?} is not allowed on this connection: its {APPS_ALLOWLIST_VAR} is not readable text, so no app is allowed; set it as an envvar: of comma-separated app names"
+            )));
+        }
         return Ok(());
     };
     let allowed: Vec<&str> = list
@@ -232,6 +239,14 @@ mod tests {
         assert!(
             check_app_allowed(&env, "any-app").is_ok(),
             "a client's value is not an allowlist"
+        );
+        let mut file = SessionEnv::default();
+        file.set_file_from_connection(APPS_ALLOWLIST_VAR, "/tmp/x.envfs");
+        let refused = check_app_allowed(&file, "any-app").unwrap_err();
+        assert!(
+            refused.message.contains("not readable text"),
+            "{}",
+            refused.message
         );
         env.set_from_connection(APPS_ALLOWLIST_VAR, "app-one, app-two");
         assert!(check_app_allowed(&env, "app-two").is_ok());
