@@ -28,6 +28,10 @@ use hoop_wire::spec::SYSTEM_AGENT_ENVS;
 const UNSUPPORTED_REFERENCES: [&str; 3] = ["_aws:", "_vaultkv1:", "_vaultkv2:"];
 const ENVJSON_REFERENCE: &str = "_envjson:";
 
+/// The agent's own credentials: no connection may copy them into a session, whether by
+/// `system.agent.envs` or by an `_envjson:` reference.
+const AGENT_ONLY_VARS: [&str; 2] = ["HOOP_KEY", "HOOP_DSN"];
+
 /// The connection variable that narrows which variables clients may send: a comma-separated
 /// list of names (spaces ignored). Set but empty, clients may send none. Read only from the
 /// connection; names in [`CLIENT_REFUSED_NAMES`] stay refused even when listed.
@@ -176,6 +180,10 @@ pub enum EnvError {
     MissingAgentVar(String),
     #[error("environment variable {name}: {reason}")]
     Reference { name: String, reason: String },
+    #[error(
+        "the connection asks for the agent's {0} (system.agent.envs or _envjson:), which is the agent's own key and never handed to a session; remove that variable from the connection"
+    )]
+    AgentOnly(String),
     #[error("cannot write the file for {name}: {reason}")]
     File { name: String, reason: String },
     #[error(
@@ -524,6 +532,9 @@ fn dereference(
     agent_var: &dyn Fn(&str) -> Option<OsString>,
 ) -> Result<Vec<u8>, EnvError> {
     if value == SYSTEM_AGENT_ENVS.as_bytes() {
+        if AGENT_ONLY_VARS.contains(&name) {
+            return Err(EnvError::AgentOnly(name.to_owned()));
+        }
         return agent_var(name)
             .map(OsString::into_vec)
             .ok_or_else(|| EnvError::MissingAgentVar(name.to_owned()));
@@ -539,6 +550,9 @@ fn dereference(
         let (var, key) = spec.split_once(':').ok_or_else(|| {
             reference("malformed _envjson: reference, expected _envjson:VAR:KEY".into())
         })?;
+        if AGENT_ONLY_VARS.contains(&var) {
+            return Err(EnvError::AgentOnly(var.to_owned()));
+        }
         let raw = agent_var(var).ok_or_else(|| reference(format!("the agent has no {var} set")))?;
         let obj: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(raw.as_bytes())
@@ -891,6 +905,32 @@ mod tests {
         let env = resolve(&sources, &|_| None).unwrap();
         assert_eq!(env.connection_str("HEROKU_APPS"), None);
         assert!(env.named_by_connection("HEROKU_APPS"));
+    }
+
+    #[test]
+    fn not_even_the_connection_can_copy_the_agents_own_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = BTreeMap::new();
+        let agent = |n: &str| match n {
+            "HOOP_KEY" | "HOOP_DSN" => Some(OsString::from("grpc://a:hunter2@gw:8010")),
+            _ => None,
+        };
+        for (key, value) in [
+            ("envvar:HOOP_KEY", SYSTEM_AGENT_ENVS),
+            ("envvar:HOOP_DSN", SYSTEM_AGENT_ENVS),
+            ("envvar:X", "_envjson:HOOP_KEY:k"),
+        ] {
+            let connection = map(&[(key, value)]);
+            let sources = EnvSources {
+                connection: &connection,
+                client: &none,
+                session: &[],
+                file_dir: dir.path(),
+            };
+            let e = resolve(&sources, &agent).unwrap_err();
+            assert!(matches!(e, EnvError::AgentOnly(_)), "{key}: {e:?}");
+            assert!(!e.to_string().contains("hunter2"));
+        }
     }
 
     #[test]

@@ -95,6 +95,9 @@ async fn run(config: AgentConfig) -> ExitCode {
         gateway_host = config.link.dsn.host(),
         "dynoagent starting"
     );
+    for warning in config.transport_warnings() {
+        tracing::warn!(gateway_host = config.link.dsn.host(), "{warning}");
+    }
     let agent = Agent::new(config, router, shutdown.clone());
     let mut running = tokio::spawn(agent.run());
 
