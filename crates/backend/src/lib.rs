@@ -166,6 +166,32 @@ pub fn check_app_allowed(env: &SessionEnv, app: &str) -> Result<(), ExitStatus> 
     )))
 }
 
+/// The connection variable that pins a connection's command: `true` (or `1`, `yes`) refuses
+/// every client argument, so users run exactly the connection's command (with their input).
+pub const PIN_COMMAND_VAR: &str = "DYNOAGENT_PIN_COMMAND";
+
+/// Refuses client arguments when the connection pins its command ([`PIN_COMMAND_VAR`]).
+/// Without a pin, arguments are appended as the Heroku CLI and OpenSSH do, which lets a user
+/// add a remote shell command (`'; cat config/master.key'`): a connection that runs one fixed
+/// task must pin it. Read only from the connection; any value other than `false`/`0`/`no`
+/// (including one that is not text) pins.
+pub fn check_pinned_command(env: &SessionEnv, args: &[String]) -> Result<(), ExitStatus> {
+    let pinned = match env.connection_str(PIN_COMMAND_VAR) {
+        Some(v) => !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "" | "false" | "0" | "no"
+        ),
+        None => env.named_by_connection(PIN_COMMAND_VAR),
+    };
+    if pinned && !args.is_empty() {
+        return Err(ExitStatus::internal(format!(
+            "this connection pins its command ({PIN_COMMAND_VAR}): it accepts no arguments, but {} were given; run it without arguments (your input is still passed to it)",
+            args.len()
+        )));
+    }
+    Ok(())
+}
+
 /// The conventional name of a signal number ("TERM" for 15), or its number.
 pub fn signal_name(sig: i32) -> &'static str {
     match sig {
@@ -256,6 +282,35 @@ mod tests {
             refused.message.contains("app-one, app-two"),
             "{}",
             refused.message
+        );
+    }
+
+    #[test]
+    fn a_pinned_command_refuses_client_arguments() {
+        let args = vec![";".to_owned(), "cat-secret-file".to_owned()];
+        let mut env = SessionEnv::default();
+        assert!(
+            check_pinned_command(&env, &args).is_ok(),
+            "not pinned by default"
+        );
+        env.set_from_client(PIN_COMMAND_VAR, "true");
+        assert!(
+            check_pinned_command(&env, &args).is_ok(),
+            "a client cannot pin"
+        );
+        env.set_from_connection(PIN_COMMAND_VAR, "false");
+        assert!(check_pinned_command(&env, &args).is_ok());
+        env.set_from_connection(PIN_COMMAND_VAR, "true");
+        assert!(check_pinned_command(&env, &[]).is_ok());
+        let refused = check_pinned_command(&env, &args).unwrap_err();
+        assert!(
+            refused.message.contains("2 were given"),
+            "{}",
+            refused.message
+        );
+        assert!(
+            !refused.message.contains("cat-secret-file"),
+            "arguments are not echoed"
         );
     }
 
