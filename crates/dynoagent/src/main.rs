@@ -23,9 +23,13 @@ struct Cli {
 enum Command {
     /// Run a development gateway, this agent and the demo connections on loopback.
     Dev {
-        /// Where the gateway listens.
+        /// Where the gateway listens (loopback only, unless --insecure-listen).
         #[arg(long, default_value = "127.0.0.1:8010")]
         listen: std::net::SocketAddr,
+        /// Allow a non-loopback --listen address (plaintext gRPC and a shell on this machine
+        /// for anyone with the token).
+        #[arg(long)]
+        insecure_listen: bool,
         /// The audit database (default: dynoctl's default path).
         #[arg(long)]
         audit_db: Option<std::path::PathBuf>,
@@ -39,9 +43,15 @@ fn main() -> ExitCode {
     // agent's HOOP_KEY or HEROKU_API_KEY. Children do not inherit this (execve resets it).
     let non_dumpable = nix::sys::prctl::set_dumpable(false);
     let cli = Cli::parse();
-    if let Some(Command::Dev { listen, audit_db }) = cli.command {
+    if let Some(Command::Dev {
+        listen,
+        insecure_listen,
+        audit_db,
+    }) = cli.command
+    {
         return dev(devstack::DevOptions {
             listen,
+            insecure_listen,
             audit_db,
             ..devstack::DevOptions::default()
         });

@@ -168,13 +168,34 @@ impl AuditStore {
 
     /// Opens or creates the database (and its directory) with the schema (what the gateway does).
     pub fn create(path: impl AsRef<Path>) -> Result<AuditStore, AuditError> {
+        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
         let path = path.as_ref().to_owned();
+        // The audit holds every session's input and output: private to this user (a 0700
+        // directory, a 0600 file; SQLite gives its -wal and -shm files the database's mode).
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| AuditError::CreateDir {
+            let create_dir = |source| AuditError::CreateDir {
                 path: dir.to_owned(),
                 source,
-            })?;
+            };
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(create_dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(create_dir)?;
         }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)))
+            .map_err(|source| AuditError::CreateDir {
+                path: path.clone(),
+                source,
+            })?;
         let conn = Connection::open(&path).map_err(|source| AuditError::Sqlite {
             path: path.clone(),
             source,
