@@ -232,3 +232,79 @@ async fn a_connection_allowlist_narrows_client_variables() {
     tag.assert_no_processes();
     agent.shutdown().await;
 }
+
+/// The same attack through dynoctl → dynogw → agent: `dynoctl exec bash -e BASH_ENV=…` is
+/// refused, nothing runs, and the gateway's audit records the refusal without the value.
+#[tokio::test]
+async fn dynoctl_e_bash_env_is_refused_and_audited_without_its_value() {
+    use dynogw::{AgentDef, ConnectionDef, Gateway, GatewayConfig};
+    dynoagent_tests::init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let evil = dir.path().join("evil-7c1f.sh");
+    std::fs::write(&evil, "echo PWNED-BY-BASH_ENV\n").unwrap();
+    let evil = evil.to_str().unwrap().to_owned();
+    let secret = dynogw::generate_secret();
+    let tag = Tag::new();
+    let gw = Gateway::start(GatewayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        audit_db: dir.path().join("audit.db"),
+        client_tokens: vec!["boundary-token".into()],
+        agents: vec![AgentDef {
+            name: "boundary".into(),
+            secret_sha256: Some(dynogw::hash_secret(&secret)),
+            secret: None,
+        }],
+        connections: vec![ConnectionDef {
+            name: "report".into(),
+            agent: "boundary".into(),
+            command: vec!["bash".into(), "-c".into(), "echo report".into()],
+            secrets: BTreeMap::from([("envvar:DYNOTEST_TAG".to_owned(), tag.0.clone())]),
+        }],
+        ..GatewayConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut agent =
+        dynoagent_tests::TestAgent::start(&dynogw::agent_dsn("boundary", &secret, gw.addr()), &[]);
+    assert!(gw.wait_for_agent("boundary", dynoagent_tests::WAIT).await);
+    let client = dynoctl::ClientConfig::new(format!("http://{}", gw.addr()), "boundary-token");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let outcome = dynoctl::exec(
+        &client,
+        dynoctl::ExecRequest {
+            connection: "report".into(),
+            env: BTreeMap::from([("BASH_ENV".to_owned(), evil.clone())]),
+            ..Default::default()
+        },
+        &mut out,
+        &mut err,
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.exit_code, 254, "{}", outcome.message);
+    assert!(
+        outcome
+            .message
+            .contains("client variable BASH_ENV is refused"),
+        "{}",
+        outcome.message
+    );
+    assert!(!String::from_utf8_lossy(&out).contains("PWNED"));
+    gw.flush_audit().await;
+    let store = dynogw::audit::AuditStore::open(gw.audit_db()).unwrap();
+    let sessions = store.list_sessions().unwrap();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].exit_code, Some(254));
+    let events = store.events(&sessions[0].id).unwrap();
+    let recorded: Vec<u8> = events.iter().flat_map(|e| e.data.clone()).collect();
+    let recorded = String::from_utf8_lossy(&recorded);
+    assert!(recorded.contains("BASH_ENV is refused"), "{recorded}");
+    assert!(
+        !recorded.contains("evil-7c1f"),
+        "the value reached the audit: {recorded}"
+    );
+    agent.wait_idle().await;
+    tag.assert_no_processes();
+    agent.shutdown().await;
+    gw.shutdown().await;
+}
