@@ -272,7 +272,7 @@ fn unwrap_base64_key(value: &str) -> Option<String> {
     looks_like_key_text(&text).then_some(text)
 }
 
-/// Whether a value can be a file path: one short line starting with `/`, `./`, `../` or `~/`.
+/// Whether a value can be a file path: one short line starting with `/`, `./` or `../`.
 /// Anything else is treated as (unrecognised) key material and never used as a path.
 fn is_path_like(value: &str) -> bool {
     value.len() <= 4096
