@@ -112,6 +112,11 @@ fn scenarios() -> Vec<Scenario> {
             limit: Duration::from_secs(60),
             run: |s| Box::pin(malformed_flood_beside_a_healthy_session(s)),
         },
+        Scenario {
+            name: "user_boundary_attacks_leak_nothing",
+            limit: Duration::from_secs(60),
+            run: |s| Box::pin(user_boundary_attacks_leak_nothing(s)),
+        },
     ]
 }
 
@@ -1376,6 +1381,131 @@ async fn malformed_flood_beside_a_healthy_session(suite: Arc<Suite>) {
         flood.lenient.len(),
         flood.oversized,
         flood_time.as_secs_f64()
+    ));
+    agent.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenario 6: a partly trusted user tries to step outside a connection (issue 13)
+// ---------------------------------------------------------------------------------------------
+
+/// Opens a session with the client's `-e` entries and returns its single close (the refusals
+/// here all come before the open is acknowledged).
+async fn refused_open(
+    stream: &AgentStream,
+    params: Params,
+    client_env: &[(&str, &str)],
+) -> (Option<i32>, String) {
+    let id = dynoagent_tests::sid();
+    let mut replies = stream.watch_session(&id);
+    let mut open = params.open(&id);
+    if let AgentPacket::SessionOpen(o) = &mut open {
+        o.client_env = client_env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), dynoagent_tests::b64(v)))
+            .collect();
+    }
+    stream.send(open).await;
+    let reply = replies.next().await;
+    stream
+        .send(AgentPacket::SessionClose { session_id: id })
+        .await;
+    match reply {
+        ClientPacket::SessionClose {
+            exit_code, message, ..
+        } => (exit_code, String::from_utf8_lossy(&message).into_owned()),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Each attack of issue 13 that carries a secret value: a client variable under a refused
+/// name, a client file, a connection asking for the agent's own HOOP_KEY, an ssh key that is
+/// not key text, arguments to a pinned command. Every one is refused, and neither the close
+/// message (the gateway's audit record) nor any log line holds the value (the suite's scan).
+async fn user_boundary_attacks_leak_nothing(suite: Arc<Suite>) {
+    let (name, secret) = gateway_credentials(&suite);
+    let mut gw = FakeGateway::start(&name, &secret).await;
+    let mut agent = TestAgent::start(&gw.dsn(), &[]);
+    let stream = gw.next_agent().await;
+    let tag = suite.tag();
+    let value = |label: &str| {
+        let v = unique(&format!("issue13-{label}"));
+        suite.secret(label, &v);
+        v
+    };
+    let client_value = value("client LD_PRELOAD value");
+    let file_value = value("client filesystem value");
+    let key_value = value("non-PEM SSH_PRIVATE_KEY");
+    let arg_value = value("pinned command argument");
+
+    let local = || Params::new(&["bash", "-c", "echo report"], "exec", &tag);
+    let mut cases = vec![
+        (
+            refused_open(&stream, local(), &[("envvar:LD_PRELOAD", &client_value)]).await,
+            "client variable LD_PRELOAD is refused",
+            client_value.clone(),
+        ),
+        (
+            refused_open(&stream, local(), &[("filesystem:CERT", &file_value)]).await,
+            "client variable CERT is refused",
+            file_value.clone(),
+        ),
+        (
+            refused_open(
+                &stream,
+                local().env("envvar:HOOP_KEY", "system.agent.envs"),
+                &[],
+            )
+            .await,
+            "never handed to a session",
+            secret.clone(),
+        ),
+        (
+            refused_open(
+                &stream,
+                local()
+                    .env("envvar:DYNOAGENT_PIN_COMMAND", "true")
+                    .args(&[";", &arg_value]),
+                &[],
+            )
+            .await,
+            "pins its command",
+            arg_value.clone(),
+        ),
+    ];
+    // The ssh backend refuses the key before dialling (exit 2 after the open is acknowledged).
+    let ssh = Params::new(
+        &["ssh", "ssh://deploy@127.0.0.1:1", "-i", "$SSH_PRIVATE_KEY"],
+        "exec",
+        &tag,
+    )
+    .env("envvar:SSH_PRIVATE_KEY", &key_value)
+    .env(
+        "envvar:SSH_HOST_KEY",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFmzgqxOZ/3QSN5mUo39DWBVNXnczAUx8WZPGmvkK7tB",
+    );
+    let out = exec_once(&stream, ssh, b"").await;
+    cases.push((
+        (out.exit_code, out.message.clone()),
+        "neither key text",
+        key_value.clone(),
+    ));
+    for ((code, message), needle, secret_value) in &cases {
+        assert!(
+            matches!(code, Some(254) | Some(2)),
+            "{needle}: {code:?} {message}"
+        );
+        assert!(message.contains(needle), "{needle}: {message}");
+        assert!(
+            !message.contains(secret_value.as_str()),
+            "{needle}: the close message holds the secret: {message}"
+        );
+    }
+    agent.wait_idle().await;
+    tag.assert_no_processes();
+    suite.note(format!(
+        "{} boundary attacks refused; their close messages hold none of the values",
+        cases.len()
     ));
     agent.shutdown().await;
 }

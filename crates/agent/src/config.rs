@@ -126,7 +126,58 @@ fn parse_url(
             reason: format!("{raw:?} must be an http or https URL"),
         });
     }
+    // Plain HTTP would send the API key in clear text: only the emulator on loopback may.
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    if url.scheme() == "http" && !loopback {
+        return Err(ConfigError::Invalid {
+            var,
+            reason: format!(
+                "{raw:?} is plain http on a non-loopback host, which would send the Heroku API key unencrypted; use https (http is allowed only for 127.0.0.1, ::1 or localhost)"
+            ),
+        });
+    }
     Ok(url)
+}
+
+/// A configuration-source error in words that never quote a value: the TOML parser's message
+/// shows the offending line (which may hold `HOOP_KEY`), and serde's type errors show the value.
+fn describe_source_error(e: &config::ConfigError) -> String {
+    match e {
+        config::ConfigError::FileParse { uri, cause } => {
+            // toml's first line is "TOML parse error at line L, column C"; the rest quotes
+            // the line.
+            let text = cause.to_string();
+            let position = text
+                .lines()
+                .next()
+                .filter(|l| l.starts_with("TOML parse error at line"))
+                .unwrap_or("TOML syntax error");
+            format!(
+                "DYNOAGENT_CONFIG {} is not valid TOML: {position} (the line is not shown, it may hold a secret); fix that line",
+                uri.as_deref().unwrap_or("file")
+            )
+        }
+        config::ConfigError::Type { key, expected, .. } => format!(
+            "{} has the wrong type (expected {expected}); write every value as a quoted string",
+            key.as_deref().unwrap_or("a setting")
+        ),
+        config::ConfigError::At { error, key, .. } => match key {
+            Some(key) => format!("{key}: {}", describe_source_error(error)),
+            None => describe_source_error(error),
+        },
+        config::ConfigError::NotFound(key) => format!("{key} not found"),
+        config::ConfigError::Foreign(cause) => {
+            // File access errors ("configuration file … not found").
+            cause.to_string().lines().next().unwrap_or("").to_owned()
+        }
+        // Serde's custom messages and the rest may carry values: name the failure only.
+        _ => "the configuration could not be read (a value has the wrong form); check DYNOAGENT_CONFIG and the HOOP_*/DYNOAGENT_* variables".to_owned(),
+    }
 }
 
 /// Why the configuration was refused.
@@ -302,6 +353,27 @@ fn parse_log(raw: &Raw) -> Result<LogConfig, ConfigError> {
 }
 
 impl AgentConfig {
+    /// What an operator must know about how the gateway link is protected, one WARN line each:
+    /// plaintext to a non-loopback gateway (the DSN secret and every session travel in clear
+    /// text), certificate verification turned off.
+    pub fn transport_warnings(&self) -> Vec<&'static str> {
+        let mut warnings = Vec::new();
+        let host = self.link.dsn.host();
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !self.link.dsn.tls() && !loopback {
+            warnings.push("the gateway link is plaintext (HOOP_KEY is not grpcs://) to a non-loopback host: the agent's key and every session travel unencrypted; use a grpcs:// DSN");
+        }
+        if self.link.dsn.tls() && self.link.tls.skip_verify {
+            warnings.push("HOOP_TLS_SKIP_VERIFY=true: the gateway's certificate is not verified, so anyone on the path can impersonate it and receive the agent's key; unset it and use HOOP_TLSCA for a private CA");
+        }
+        warnings
+    }
+
     /// Reads the configuration from this process's environment and, when `DYNOAGENT_CONFIG`
     /// names one, a TOML file whose keys are the variable names in lower case.
     pub fn from_process_env(version: &str) -> Result<AgentConfig, ConfigError> {
@@ -333,7 +405,7 @@ impl AgentConfig {
             .add_source(env_source)
             .build()
             .and_then(config::Config::try_deserialize)
-            .map_err(|e| ConfigError::Source(e.to_string()))?;
+            .map_err(|e| ConfigError::Source(describe_source_error(&e)))?;
         AgentConfig::validate(raw, version)
     }
 
@@ -582,6 +654,72 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn a_malformed_toml_file_is_reported_without_its_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        for text in [
+            "hoop_key = \"grpc://f:hunter2-toml@127.0.0.1:9\ndynoagent_max_sessions = \"7\"\n",
+            "hoop_key = grpc://f:hunter2-toml@127.0.0.1:9\n",
+            "hoop_key = [\"grpc://f:hunter2-toml@127.0.0.1:9\"]\n",
+            "hoop_key = { x = \"hunter2-toml\" }\n",
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let e = AgentConfig::from_sources(
+                &env(&[("DYNOAGENT_CONFIG", path.to_str().unwrap())]),
+                "0",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(!e.contains("hunter2"), "{text}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn plain_http_for_the_heroku_api_only_on_loopback() {
+        let base = [("HOOP_KEY", "grpc://f:s@127.0.0.1:9")];
+        for (url, ok) in [
+            ("http://127.0.0.1:5000", true),
+            ("http://[::1]:5000", true),
+            ("http://localhost:5000", true),
+            ("https://api.example.com", true),
+            ("http://api.example.com", false),
+            ("http://10.0.0.1:5000", false),
+        ] {
+            let mut vars = base.to_vec();
+            vars.push(("DYNOAGENT_HEROKU_API_URL", url));
+            let r = AgentConfig::from_sources(&env(&vars), "0");
+            assert_eq!(r.is_ok(), ok, "{url}: {:?}", r.err());
+            let mut vars = base.to_vec();
+            vars.push(("DYNOAGENT_HEROKU_EXEC_URL", url));
+            assert_eq!(
+                AgentConfig::from_sources(&env(&vars), "0").is_ok(),
+                ok,
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn warns_about_plaintext_and_unverified_gateway_links() {
+        let warnings = |pairs: &[(&str, &str)]| {
+            AgentConfig::from_sources(&env(pairs), "0")
+                .unwrap()
+                .transport_warnings()
+        };
+        assert!(warnings(&[("HOOP_KEY", "grpc://f:s@127.0.0.1:9")]).is_empty());
+        assert!(warnings(&[("HOOP_KEY", "grpc://f:s@localhost:9")]).is_empty());
+        assert!(warnings(&[("HOOP_KEY", "grpcs://f:s@gw.example.com:443")]).is_empty());
+        let w = warnings(&[("HOOP_KEY", "grpc://f:s@gw.example.com:8010")]);
+        assert!(w.len() == 1 && w[0].contains("plaintext"), "{w:?}");
+        let w = warnings(&[
+            ("HOOP_KEY", "grpcs://f:s@gw.example.com:443"),
+            ("HOOP_TLS_SKIP_VERIFY", "true"),
+        ]);
+        assert!(w.len() == 1 && w[0].contains("not verified"), "{w:?}");
     }
 
     #[test]

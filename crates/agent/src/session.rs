@@ -302,6 +302,10 @@ async fn drive(
             )));
         }
     };
+    // Issue 13: a connection may pin its command; checked before anything is started.
+    if let Err(status) = backend::check_pinned_command(&env, &open.params.client_args) {
+        return Some(status);
+    }
     let mut command_line = open.params.cmd_list.clone();
     command_line.extend(open.params.client_args.iter().cloned());
     output

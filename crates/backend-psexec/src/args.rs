@@ -46,7 +46,7 @@ pub struct ArgsError(pub String);
     disable_version_flag = true,
     about = "Create an SSH session to a dyno (Heroku Exec), natively in dynoagent",
     override_usage = "ps-exec.sh --app APP [--dyno DYNO] [--pipe CMD | --interactive | --status] [--enable-exec] [-- COMMAND...]",
-    after_help = "Default: the whole input is the command run on the dyno.\n--pipe CMD: CMD runs in a login shell on the dyno and receives the input (any size, binary-safe).\n--interactive: a shell (or the --pipe program) with a terminal when the session has one.\n--status: the dynos with Heroku Exec and their state.\n\nHeroku Exec needs the app feature runtime-heroku-exec; enabling it restarts dynos, so dynoagent only does it with --enable-exec (or PSEXEC_AUTO_ENABLE=true on the connection), and then restarts only the named dyno."
+    after_help = "Default: the whole input is the command run on the dyno.\n--pipe CMD: CMD runs in a login shell on the dyno and receives the input (any size, binary-safe).\n--interactive: a shell (or the --pipe program) with a terminal when the session has one.\n--status: the dynos with Heroku Exec and their state.\n\nHeroku Exec needs the app feature runtime-heroku-exec; enabling it restarts dynos, so dynoagent only does it when the connection allows it (--enable-exec works if the connection sets PSEXEC_AUTO_ENABLE=ask; PSEXEC_AUTO_ENABLE=true does it without the flag), and then restarts only the named dyno."
 )]
 struct Cli {
     /// The app (required).

@@ -9,12 +9,13 @@
 //!   pinned to `proxy_public_key`, and one channel streamed both ways (crate `backend-ssh`).
 //!
 //! Differences from ps-exec.sh, each a requirement: no silent feature enable or restart (only
-//! with `--enable-exec` or `PSEXEC_AUTO_ENABLE=true`, and then only the named dyno); the input
+//! when the connection allows it: `--enable-exec` with `PSEXEC_AUTO_ENABLE=ask`, or
+//! `PSEXEC_AUTO_ENABLE=true`; and then only the named dyno); the input
 //! of `--pipe` is streamed over the channel, never base64 in argv; exec sessions get no PTY
 //! (stdout and stderr stay apart); the remote exit status is the session's exit code
 //! (`exit-signal` → 128+n); every failure names the step that failed.
 //!
-//! Session variables read: `HEROKU_API_KEY` (required), `PSEXEC_AUTO_ENABLE` (`true`/`1`),
+//! Session variables read: `HEROKU_API_KEY` (required), `PSEXEC_AUTO_ENABLE` (`true`/`ask`; connection only),
 //! `TERM` (for the PTY of `hoop connect`).
 
 #![forbid(unsafe_code)]

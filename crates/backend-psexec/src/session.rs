@@ -21,9 +21,10 @@ const USAGE_EXIT_CODE: i32 = 2;
 const REFUSED_EXIT_CODE: i32 = 1;
 
 /// The connection variable that governs enabling Heroku Exec (which restarts a dyno): `true`
-/// for every session that needs it; unset or `ask`: only with the user's `--enable-exec`;
-/// `false`: never (`--enable-exec` is refused). Read only from the connection: a client's
-/// `-e PSEXEC_AUTO_ENABLE=…` is ignored.
+/// for every session that needs it; `ask`: only with the user's `--enable-exec`; unset,
+/// `false` or anything else: never (`--enable-exec` is refused). Restarting a dyno is the
+/// connection's decision, not a user's. Read only from the connection: a client's
+/// `-e PSEXEC_AUTO_ENABLE=…` is refused before the session starts.
 pub const AUTO_ENABLE_VAR: &str = "PSEXEC_AUTO_ENABLE";
 
 /// May this session enable Heroku Exec and restart the named dyno?
@@ -41,9 +42,9 @@ fn enable_policy(env: &backend::SessionEnv) -> EnablePolicy {
         .as_deref()
     {
         Some("true" | "1" | "yes") => EnablePolicy::Always,
-        None | Some("" | "ask") => EnablePolicy::OnRequest,
-        // `false`, and anything unrecognised: fail closed.
-        Some(_) => EnablePolicy::Never,
+        Some("ask") => EnablePolicy::OnRequest,
+        // Unset, `false`, and anything unrecognised: fail closed.
+        None | Some(_) => EnablePolicy::Never,
     }
 }
 
@@ -116,7 +117,7 @@ pub(crate) async fn run(
                     (EnablePolicy::Never, false) => false,
                     (EnablePolicy::Never, true) => {
                         return Step::Done(refused(format!(
-                            "--enable-exec is not allowed on this connection ({AUTO_ENABLE_VAR} forbids restarting dynos): ask an administrator to enable Heroku Exec (heroku features:enable runtime-heroku-exec, then restart the dynos)"
+                            "--enable-exec is not allowed on this connection: enabling Heroku Exec restarts a dyno, so the connection decides; an administrator can allow it by setting {AUTO_ENABLE_VAR}=ask on the connection (users may then pass --enable-exec) or {AUTO_ENABLE_VAR}=true (sessions enable it when needed), or enable Heroku Exec once (heroku features:enable runtime-heroku-exec, then restart the dynos)"
                         )));
                     }
                 };
@@ -261,7 +262,7 @@ async fn exec_session(
     if !feature.enabled {
         if !opt_in {
             return Err(refused(format!(
-                "Heroku Exec is disabled for app {app} (feature {EXEC_FEATURE} is off). Enabling it restarts the app's dynos, because a dyno starts its exec agent only at boot, so dynoagent never does it on its own. To enable it and restart only dyno {dyno}, run again with --enable-exec, or set PSEXEC_AUTO_ENABLE=true on this connection; or run `heroku features:enable {EXEC_FEATURE} -a {app}` and restart the dynos yourself."
+                "Heroku Exec is disabled for app {app} (feature {EXEC_FEATURE} is off). Enabling it restarts the app's dynos, because a dyno starts its exec agent only at boot, so dynoagent never does it on its own. To enable it and restart only dyno {dyno}, run again with --enable-exec if this connection allows it (PSEXEC_AUTO_ENABLE=ask), or set PSEXEC_AUTO_ENABLE=true on this connection; or run `heroku features:enable {EXEC_FEATURE} -a {app}` and restart the dynos yourself."
             )));
         }
         progress(

@@ -336,10 +336,24 @@ async fn a_connection_can_forbid_restarts_and_a_client_cannot_grant_them() {
     client_says_true.set("PSEXEC_AUTO_ENABLE", "true");
     let mut connection_forbids = session_env(&sim);
     connection_forbids.set_from_connection("PSEXEC_AUTO_ENABLE", "false");
+    // Issue 13: a connection that says nothing does not let users restart dynos.
+    let connection_silent = session_env(&sim);
+    let mut client_says_ask = session_env(&sim);
+    client_says_ask.set_from_client("PSEXEC_AUTO_ENABLE", "ask");
     let cases = [
         (
             &["--app", "quiet", "--enable-exec"][..],
             connection_forbids,
+            "is not allowed on this connection",
+        ),
+        (
+            &["--app", "quiet", "--enable-exec"][..],
+            connection_silent,
+            "PSEXEC_AUTO_ENABLE=ask on the connection",
+        ),
+        (
+            &["--app", "quiet", "--enable-exec"][..],
+            client_says_ask,
             "is not allowed on this connection",
         ),
         (&["--app", "quiet"][..], client_says_true, "is disabled"),
@@ -377,11 +391,13 @@ async fn enable_exec_opt_in_restarts_only_the_named_dyno() {
             .unwrap()
     };
     let before = api.dynos("quiet").await.unwrap();
+    let mut e = session_env(&sim);
+    e.set_from_connection("PSEXEC_AUTO_ENABLE", "ask");
     let s = start(
         &backend(&sim),
         PS_EXEC,
         &["--app", "quiet", "--dyno", "web.1", "--enable-exec"],
-        session_env(&sim),
+        e,
         Mode::Exec,
     );
     s.send(Input::Data(Bytes::from_static(b"echo enabled-ok")))

@@ -19,7 +19,8 @@ const MAX_ACK: usize = 1024;
 /// Why the rendezvous could not be established.
 #[derive(Debug, thiserror::Error)]
 pub enum RendezvousError {
-    #[error("the dyno's attach URL {0:?} is not a rendezvous:// URL")]
+    /// Holds the URL without its path and query, which are the dyno's secret.
+    #[error("the dyno's attach URL ({0}) is not a rendezvous:// URL with a host")]
     BadUrl(String),
     #[error(
         "the dyno offers the SSH attach path ({0}), used by Shield spaces and run:inside; dynoagent does not support it yet"
@@ -90,20 +91,29 @@ impl RendezvousConfig {
     }
 }
 
+/// An attach URL fit for messages: scheme and host only. Its path and query are the
+/// rendezvous secret, which would let anyone attach to the dyno.
+fn shown(attach_url: &str) -> String {
+    match Url::parse(attach_url) {
+        Ok(url) => format!("{}://{}/…", url.scheme(), url.host_str().unwrap_or("")),
+        Err(_) => "unparsable, not shown".to_owned(),
+    }
+}
+
 /// Connects to `attach_url`, sends the secret, and reads the one-line ack.
 pub async fn connect(
     attach_url: &str,
     config: &RendezvousConfig,
 ) -> Result<Rendezvous, RendezvousError> {
-    let url = Url::parse(attach_url).map_err(|_| RendezvousError::BadUrl(attach_url.to_owned()))?;
+    let url = Url::parse(attach_url).map_err(|_| RendezvousError::BadUrl(shown(attach_url)))?;
     match url.scheme() {
         "rendezvous" => {}
         "http" | "https" => return Err(RendezvousError::SshAttach(url.scheme().to_owned())),
-        _ => return Err(RendezvousError::BadUrl(attach_url.to_owned())),
+        _ => return Err(RendezvousError::BadUrl(shown(attach_url))),
     }
     let host = url
         .host_str()
-        .ok_or_else(|| RendezvousError::BadUrl(attach_url.to_owned()))?
+        .ok_or_else(|| RendezvousError::BadUrl(shown(attach_url)))?
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
@@ -137,7 +147,7 @@ pub async fn connect(
     };
     let _ = tcp.set_nodelay(true);
     let name = ServerName::try_from(host.clone())
-        .map_err(|_| RendezvousError::BadUrl(attach_url.to_owned()))?;
+        .map_err(|_| RendezvousError::BadUrl(shown(attach_url)))?;
     let connector = TlsConnector::from(Arc::clone(&config.tls));
     let mut stream = tokio::time::timeout(config.connect_timeout, connector.connect(name, tcp))
         .await
@@ -183,4 +193,24 @@ pub async fn connect(
         .await
         .map_err(|_| RendezvousError::AckTimeout(config.ack_timeout))??;
     Ok(Rendezvous { stream, leftover })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bad_attach_urls_are_reported_without_their_secret() {
+        let config = RendezvousConfig::new(None).unwrap();
+        for url in [
+            "ftp://rendezvous.example.com/rv-secret-1",
+            "rendezvous:///rv-secret-1",
+            "rendezvous://rv-secret-1 with spaces",
+            "not a url rv-secret-1",
+        ] {
+            let e = connect(url, &config).await.err().unwrap().to_string();
+            assert!(!e.contains("rv-secret"), "{url}: {e}");
+        }
+    }
 }

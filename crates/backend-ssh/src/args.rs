@@ -48,78 +48,236 @@ impl std::fmt::Debug for SshArgs {
     }
 }
 
-/// Parses `words` (everything after `ssh`).
+/// Parses `words` (everything after `ssh`) as one command line, all of it the connection's.
 pub fn parse(words: &[String]) -> Result<SshArgs, ArgsError> {
-    let mut out = SshArgs::default();
-    let mut destination: Option<&str> = None;
-    let mut command: Vec<&str> = Vec::new();
-    let mut it = words.iter().map(String::as_str).peekable();
-    while let Some(word) = it.next() {
-        if !command.is_empty() {
-            command.push(word);
-            continue;
-        }
-        if word == "--" {
-            if destination.is_none() {
-                let Some(dest) = it.next() else { break };
-                destination = Some(dest);
-            }
-            command.extend(it.by_ref());
-            break;
-        }
-        if let Some(opts) = word.strip_prefix('-').filter(|o| !o.is_empty()) {
-            for (i, flag) in opts.char_indices() {
-                let attached = opts.get(i + flag.len_utf8()..).unwrap_or_default();
-                let mut value = || -> Result<String, ArgsError> {
-                    if !attached.is_empty() {
-                        Ok(attached.to_owned())
-                    } else {
-                        it.next()
-                            .map(str::to_owned)
-                            .ok_or_else(|| ArgsError(format!("option -{flag} needs a value")))
-                    }
-                };
-                match flag {
-                    'i' => {
-                        out.identity = Some(value()?);
-                        break;
-                    }
-                    'p' => {
-                        out.port = Some(parse_port(&value()?)?);
-                        break;
-                    }
-                    'l' => {
-                        out.user = Some(value()?);
-                        break;
-                    }
-                    'o' => {
-                        apply_option(&mut out, &value()?)?;
-                        break;
-                    }
-                    'T' => out.no_pty = true,
-                    't' | 'q' | 'v' => {}
-                    other => {
-                        return Err(ArgsError(format!(
-                            "unsupported option -{other}; supported: -i KEY, -p PORT, -l USER, -o NAME=VALUE, -t, -T"
-                        )));
-                    }
-                }
-            }
-            continue;
-        }
-        if destination.is_none() {
-            destination = Some(word);
-        } else {
-            command.push(word);
-        }
+    parse_session(words, None, &[])
+}
+
+/// Which settings the connection fixed; a client may not give them again.
+#[derive(Clone, Copy, Debug, Default)]
+struct Fixed {
+    user: bool,
+    port: bool,
+}
+
+/// Parses a session's command line: the connection's words (variables expanded), then its
+/// `SSH_URI` destination when its words name none, then the client's words.
+///
+/// OpenSSH keeps the first value of an option, and so does this parser: the connection's
+/// `-l`, `-p`, `-o User=`/`Port=` and its destination win. A client may not give an option the
+/// connection already set (refused, rather than silently ignored, so the user sees why), may
+/// never name a key (`-i`, `-o IdentityFile=`: a key is the connection's secret and a path
+/// would make the agent read any file), and when the connection names a destination the
+/// client's first plain word starts the remote command instead of naming another host.
+pub fn parse_session(
+    connection: &[String],
+    ssh_uri: Option<&str>,
+    client: &[String],
+) -> Result<SshArgs, ArgsError> {
+    let mut p = Parser::default();
+    p.feed(connection, false)?;
+    if p.destination.is_none()
+        && let Some(uri) = ssh_uri.filter(|u| !u.trim().is_empty())
+    {
+        p.destination = Some(uri.trim().to_owned());
     }
+    let fixed = Fixed {
+        user: p.out.user.is_some() || p.destination.as_deref().is_some_and(names_user),
+        port: p.out.port.is_some() || p.destination.as_deref().is_some_and(names_port),
+    };
+    p.fixed = fixed;
+    p.feed(client, true)?;
+    let Parser {
+        mut out,
+        destination,
+        command,
+        ..
+    } = p;
     if let Some(dest) = destination {
-        apply_destination(&mut out, dest)?;
+        apply_destination(&mut out, &dest)?;
     }
     if !command.is_empty() {
         out.command = Some(command.join(" "));
     }
     Ok(out)
+}
+
+/// Whether a destination names a login user (`user@host`, `ssh://user@host`).
+fn names_user(dest: &str) -> bool {
+    let mut probe = SshArgs::default();
+    apply_destination(&mut probe, dest).is_ok() && probe.user.is_some()
+}
+
+/// Whether a destination names a port (`ssh://host:port`).
+fn names_port(dest: &str) -> bool {
+    let mut probe = SshArgs::default();
+    apply_destination(&mut probe, dest).is_ok() && probe.port.is_some()
+}
+
+#[derive(Default)]
+struct Parser {
+    out: SshArgs,
+    destination: Option<String>,
+    command: Vec<String>,
+    fixed: Fixed,
+}
+
+impl Parser {
+    /// Reads `words`; `client` marks the user's words, which may not override the connection.
+    fn feed(&mut self, words: &[String], client: bool) -> Result<(), ArgsError> {
+        let mut it = words.iter().map(String::as_str).peekable();
+        while let Some(word) = it.next() {
+            if !self.command.is_empty() {
+                self.command.push(word.to_owned());
+                continue;
+            }
+            if word == "--" {
+                if self.destination.is_none() {
+                    let Some(dest) = it.next() else { break };
+                    self.set_destination(dest, client)?;
+                }
+                self.command.extend(it.by_ref().map(str::to_owned));
+                break;
+            }
+            if let Some(opts) = word.strip_prefix('-').filter(|o| !o.is_empty()) {
+                for (i, flag) in opts.char_indices() {
+                    let attached = opts.get(i + flag.len_utf8()..).unwrap_or_default();
+                    let mut value = || -> Result<String, ArgsError> {
+                        if !attached.is_empty() {
+                            Ok(attached.to_owned())
+                        } else {
+                            it.next()
+                                .map(str::to_owned)
+                                .ok_or_else(|| ArgsError(format!("option -{flag} needs a value")))
+                        }
+                    };
+                    match flag {
+                        'i' => {
+                            let v = value()?;
+                            self.identity(v, client)?;
+                            break;
+                        }
+                        'p' => {
+                            let v = parse_port(&value()?)?;
+                            self.port(v, client, "-p")?;
+                            break;
+                        }
+                        'l' => {
+                            let v = value()?;
+                            self.user(v, client, "-l")?;
+                            break;
+                        }
+                        'o' => {
+                            let v = value()?;
+                            self.option(&v, client)?;
+                            break;
+                        }
+                        'T' => self.out.no_pty = true,
+                        't' | 'q' | 'v' => {}
+                        other => {
+                            return Err(ArgsError(format!(
+                                "unsupported option -{other}; supported: -i KEY, -p PORT, -l USER, -o NAME=VALUE, -t, -T"
+                            )));
+                        }
+                    }
+                }
+                continue;
+            }
+            if self.destination.is_none() {
+                self.set_destination(word, client)?;
+            } else {
+                self.command.push(word.to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    fn set_destination(&mut self, dest: &str, client: bool) -> Result<(), ArgsError> {
+        if client {
+            // The connection left the destination open on purpose; it may still have fixed
+            // the login user or port, which the destination may then not name.
+            if self.fixed.user && names_user(dest) {
+                return Err(fixed_by_connection("the login user (user@host)"));
+            }
+            if self.fixed.port && names_port(dest) {
+                return Err(fixed_by_connection("the port (ssh://host:port)"));
+            }
+        }
+        self.destination = Some(dest.to_owned());
+        Ok(())
+    }
+
+    fn identity(&mut self, value: String, client: bool) -> Result<(), ArgsError> {
+        if client {
+            return Err(ArgsError(
+                "the private key is the connection's: a user may not pass -i or -o IdentityFile; an administrator sets SSH_PRIVATE_KEY (or -i) on the connection".into(),
+            ));
+        }
+        self.out.identity.get_or_insert(value);
+        Ok(())
+    }
+
+    fn user(&mut self, value: String, client: bool, how: &str) -> Result<(), ArgsError> {
+        if client && self.fixed.user {
+            return Err(fixed_by_connection(&format!("the login user ({how})")));
+        }
+        self.out.user.get_or_insert(value);
+        Ok(())
+    }
+
+    fn port(&mut self, value: u16, client: bool, how: &str) -> Result<(), ArgsError> {
+        if client && self.fixed.port {
+            return Err(fixed_by_connection(&format!("the port ({how})")));
+        }
+        self.out.port.get_or_insert(value);
+        Ok(())
+    }
+
+    fn option(&mut self, option: &str, client: bool) -> Result<(), ArgsError> {
+        let (name, value) = option
+            .split_once('=')
+            .or_else(|| option.split_once(' '))
+            .ok_or_else(|| ArgsError(format!("option -o {option:?} needs NAME=VALUE")))?;
+        let secs = |v: &str| {
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| ArgsError(format!("option {name} needs a number of seconds")))
+        };
+        let out = &mut self.out;
+        match name.trim().to_ascii_lowercase().as_str() {
+            "port" => {
+                let port = parse_port(value.trim())?;
+                return self.port(port, client, "-o Port");
+            }
+            "user" => return self.user(value.trim().to_owned(), client, "-o User"),
+            "identityfile" => return self.identity(value.trim().to_owned(), client),
+            "connecttimeout" => {
+                out.connect_timeout
+                    .get_or_insert(Duration::from_secs(secs(value)?));
+            }
+            "serveraliveinterval" => {
+                out.keepalive_interval
+                    .get_or_insert(Duration::from_secs(secs(value)?));
+            }
+            "serveralivecountmax" => {
+                out.keepalive_max
+                    .get_or_insert(usize::try_from(secs(value)?).unwrap_or(usize::MAX));
+            }
+            "requesttty" => out.no_pty |= value.trim().eq_ignore_ascii_case("no"),
+            other => {
+                return Err(ArgsError(format!(
+                    "unsupported option -o {other}; host keys are always verified (SSH_KNOWN_HOSTS, SSH_HOST_KEY or ~/.ssh/known_hosts)"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn fixed_by_connection(what: &str) -> ArgsError {
+    ArgsError(format!(
+        "{what} is set by the connection and cannot be given again; remove it from your arguments"
+    ))
 }
 
 /// An SSH URI fit for messages: its password, if any, replaced by `***`.
@@ -200,35 +358,6 @@ fn parse_port(s: &str) -> Result<u16, ArgsError> {
         .ok_or_else(|| ArgsError(format!("invalid port {s:?}")))
 }
 
-fn apply_option(out: &mut SshArgs, option: &str) -> Result<(), ArgsError> {
-    let (name, value) = option
-        .split_once('=')
-        .or_else(|| option.split_once(' '))
-        .ok_or_else(|| ArgsError(format!("option -o {option:?} needs NAME=VALUE")))?;
-    let secs = |v: &str| {
-        v.trim()
-            .parse::<u64>()
-            .map_err(|_| ArgsError(format!("option {name} needs a number of seconds")))
-    };
-    match name.trim().to_ascii_lowercase().as_str() {
-        "port" => out.port = Some(parse_port(value.trim())?),
-        "user" => out.user = Some(value.trim().to_owned()),
-        "identityfile" => out.identity = Some(value.trim().to_owned()),
-        "connecttimeout" => out.connect_timeout = Some(Duration::from_secs(secs(value)?)),
-        "serveraliveinterval" => out.keepalive_interval = Some(Duration::from_secs(secs(value)?)),
-        "serveralivecountmax" => {
-            out.keepalive_max = Some(usize::try_from(secs(value)?).unwrap_or(usize::MAX))
-        }
-        "requesttty" => out.no_pty = value.trim().eq_ignore_ascii_case("no"),
-        other => {
-            return Err(ArgsError(format!(
-                "unsupported option -o {other}; host keys are always verified (SSH_KNOWN_HOSTS, SSH_HOST_KEY or ~/.ssh/known_hosts)"
-            )));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -294,6 +423,34 @@ mod tests {
         let a = p(&["u@h", "-i", pem]).unwrap();
         assert_eq!(a.identity.as_deref(), Some(pem));
         assert!(!format!("{a:?}").contains("abc"));
+    }
+
+    #[test]
+    fn the_first_value_wins_and_users_cannot_override_the_connection() {
+        let w = |s: &[&str]| s.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>();
+        let a = p(&["-p", "2200", "-p", "22", "-l", "a", "-o", "User=b", "h"]).unwrap();
+        assert_eq!((a.port, a.user.as_deref()), (Some(2200), Some("a")));
+        let conn = w(&["u@h", "-p", "2200"]);
+        for client in [
+            &["-l", "root"][..],
+            &["-o", "User=root"],
+            &["-p", "22"],
+            &["-oPort=22"],
+            &["-i", "/etc/passwd"],
+            &["-o", "IdentityFile=/k"],
+        ] {
+            assert!(
+                parse_session(&conn, None, &w(client)).is_err(),
+                "{client:?}"
+            );
+        }
+        // With SSH_URI as the destination the user's first word is a command.
+        let a = parse_session(&[], Some("ssh://u@h:2"), &w(&["other@host", "x"])).unwrap();
+        assert_eq!(a.host.as_deref(), Some("h"));
+        assert_eq!(a.command.as_deref(), Some("other@host x"));
+        // Gaps the connection leaves open may be filled.
+        let a = parse_session(&w(&["-i", "/k"]), None, &w(&["-p", "2", "me@h2"])).unwrap();
+        assert_eq!((a.port, a.user.as_deref()), (Some(2), Some("me")));
     }
 
     #[test]

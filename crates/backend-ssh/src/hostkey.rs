@@ -19,6 +19,9 @@ use base64::Engine as _;
 use hmac::{KeyInit as _, Mac as _};
 use russh::keys::ssh_key::{Algorithm, HashAlg, PublicKey};
 
+/// The largest known_hosts file read (a few thousand hosts fit easily).
+pub const MAX_KNOWN_HOSTS_BYTES: u64 = 4 * 1024 * 1024;
+
 /// The `SHA256:…` fingerprint of a key, as `ssh-keygen -lf` prints it.
 pub fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
@@ -238,9 +241,11 @@ impl KnownHosts {
 
     /// Reads a known_hosts file. A missing file is an empty list (every host is unknown).
     pub fn from_file(path: &Path) -> Result<KnownHosts, HostKeyError> {
-        match std::fs::read_to_string(path) {
+        // A regular file of bounded size only: a known_hosts path must not block (a FIFO) or
+        // exhaust memory (`/dev/zero`).
+        match backend::file::read_capped_text(path, MAX_KNOWN_HOSTS_BYTES) {
             Ok(text) => Ok(KnownHosts::parse(&text, path.display().to_string())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(KnownHosts {
+            Err(e) if e.is_not_found() => Ok(KnownHosts {
                 origin: format!("{} (which does not exist)", path.display()),
                 entries: Vec::new(),
             }),

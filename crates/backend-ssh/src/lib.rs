@@ -131,24 +131,23 @@ async fn run(config: SshConfig, request: SessionRequest, io: SessionIo) -> ExitS
 
 async fn plan(config: &SshConfig, request: &SessionRequest) -> Result<Plan, ExitStatus> {
     // The connection's command is expanded (it names secrets as $VARS); the client's
-    // arguments are taken exactly as typed.
-    let mut words: Vec<String> = request
+    // arguments are taken exactly as typed and may not override what the connection set.
+    let words: Vec<String> = request
         .command
         .iter()
         .skip(1)
         .map(|w| request.env.expand(w))
         .collect();
-    words.extend(request.args.iter().cloned());
-    let mut parsed = args::parse(&words).map_err(usage)?;
+    let mut parsed = args::parse_session(
+        &words,
+        request.env.connection_str(SSH_URI_VAR),
+        &request.args,
+    )
+    .map_err(usage)?;
     if parsed.host.is_none() {
-        match request.env.get_str("SSH_URI").filter(|u| !u.is_empty()) {
-            Some(uri) => args::apply_destination(&mut parsed, uri).map_err(usage)?,
-            None => {
-                return Err(usage(
-                    "ssh: no destination: set SSH_URI (ssh://user@host:port) for this connection or pass user@host",
-                ));
-            }
-        }
+        return Err(usage(
+            "ssh: no destination: set SSH_URI (ssh://user@host:port) for this connection or pass user@host",
+        ));
     }
     let host = parsed.host.clone().unwrap_or_default();
     let Some(user) = parsed.user.clone() else {
@@ -157,11 +156,19 @@ async fn plan(config: &SshConfig, request: &SessionRequest) -> Result<Plan, Exit
         )));
     };
     let port = parsed.port.unwrap_or(22);
-    let identity = parsed
-        .identity
-        .clone()
-        .or_else(|| request.env.get_str("SSH_PRIVATE_KEY").map(str::to_owned));
-    let key = load_key(identity.as_deref()).await?;
+    // Name where the key came from in messages, never the key itself.
+    let via_var = request
+        .command
+        .iter()
+        .any(|w| w.contains("$SSH_PRIVATE_KEY") || w.contains("${SSH_PRIVATE_KEY}"));
+    let key = match parsed.identity.take() {
+        Some(identity) if via_var => load_key(Some(&identity), "SSH_PRIVATE_KEY (via -i)")?,
+        Some(identity) => load_key(Some(&identity), "the -i of the connection's command")?,
+        None => load_key(
+            request.env.connection_text_or_file(SSH_PRIVATE_KEY_VAR),
+            SSH_PRIVATE_KEY_VAR,
+        )?,
+    };
     let policy = host_key_policy(&request.env, config.known_hosts.as_deref())?;
     let pty = match request.mode {
         Mode::Terminal { size } if !parsed.no_pty => Some(size),
@@ -196,31 +203,81 @@ async fn plan(config: &SshConfig, request: &SessionRequest) -> Result<Plan, Exit
     })
 }
 
-/// Loads the private key from PEM text or a file path. Errors never quote key material.
-async fn load_key(identity: Option<&str>) -> Result<PrivateKey, ExitStatus> {
+/// The connection variable with the destination (`ssh://user@host:port`).
+pub const SSH_URI_VAR: &str = "SSH_URI";
+/// The connection variable with the private key (text, base64-wrapped text, or a file path).
+pub const SSH_PRIVATE_KEY_VAR: &str = "SSH_PRIVATE_KEY";
+/// The connection variable with pinned host keys.
+pub const SSH_HOST_KEY_VAR: &str = "SSH_HOST_KEY";
+/// The connection variable with known_hosts text or a known_hosts file path.
+pub const SSH_KNOWN_HOSTS_VAR: &str = "SSH_KNOWN_HOSTS";
+
+/// The largest private key file read (an RSA-16384 key is about 13 KiB of PEM).
+pub const MAX_KEY_FILE: u64 = 64 * 1024;
+/// The largest known_hosts file read.
+pub const MAX_KNOWN_HOSTS_FILE: u64 = hostkey::MAX_KNOWN_HOSTS_BYTES;
+
+/// Loads the private key from PEM text, base64-wrapped PEM/OpenSSH text, or a file path.
+/// `source` names where the value came from, for messages. Errors never quote the value: a key
+/// that is not recognised as key text could still be one, so it is never echoed as a "path".
+fn load_key(identity: Option<&str>, source: &str) -> Result<PrivateKey, ExitStatus> {
     let Some(identity) = identity.filter(|i| !i.trim().is_empty()) else {
         return Err(usage(
-            "ssh: no private key: pass -i KEYFILE or set the connection secret SSH_PRIVATE_KEY (envvar: with the key text, or filesystem: for a file)",
+            "ssh: no private key: set the connection secret SSH_PRIVATE_KEY (envvar: with the key text, or filesystem: for a file), or -i in the connection's command",
         ));
     };
-    let text = if identity.contains("-----BEGIN") || identity.contains("PuTTY-User-Key-File") {
+    let text = if looks_like_key_text(identity) {
         identity.to_owned()
-    } else if let Some(var) = identity.strip_prefix('$') {
+    } else if let Some(text) = unwrap_base64_key(identity) {
+        text
+    } else if let Some(var) = identity
+        .strip_prefix('$')
+        .filter(|v| v.len() < 256 && !v.contains(char::is_whitespace))
+    {
         return Err(usage(format!(
             "ssh: the private key variable {} is not set for this connection",
             var.trim_matches(['{', '}'])
         )));
+    } else if is_path_like(identity) {
+        backend::file::read_capped_text(Path::new(identity), MAX_KEY_FILE).map_err(|e| {
+            usage(format!(
+                "ssh: cannot use the private key file named by {source}: {e}; give a regular key file (at most {MAX_KEY_FILE} bytes) or the key's text"
+            ))
+        })?
     } else {
-        match tokio::fs::read_to_string(identity).await {
-            Ok(t) => t,
-            Err(e) => {
-                return Err(usage(format!(
-                    "ssh: cannot read the private key file {identity}: {e}"
-                )));
-            }
-        }
+        return Err(usage(format!(
+            "ssh: the private key in {source} is neither key text (-----BEGIN …), base64 of key text, nor a file path; store the key's text as SSH_PRIVATE_KEY"
+        )));
     };
-    client::parse_private_key(&text).map_err(|e| usage(format!("ssh: {e}")))
+    client::parse_private_key(&text)
+        .map_err(|e| usage(format!("ssh: the private key in {source}: {e}")))
+}
+
+fn looks_like_key_text(value: &str) -> bool {
+    value.contains("-----BEGIN") || value.contains("PuTTY-User-Key-File")
+}
+
+/// A key stored base64-wrapped (`base64 -w0 id_ed25519`, a common habit for config vars):
+/// decoded if the result is key text.
+fn unwrap_base64_key(value: &str) -> Option<String> {
+    use base64::Engine as _;
+    let compact: String = value.chars().filter(|c| !c.is_whitespace()).collect();
+    if compact.len() < 64 {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&compact)
+        .ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    looks_like_key_text(&text).then_some(text)
+}
+
+/// Whether a value can be a file path: one short line starting with `/`, `./` or `../`.
+/// Anything else is treated as (unrecognised) key material and never used as a path.
+fn is_path_like(value: &str) -> bool {
+    value.len() <= 4096
+        && !value.contains(['\n', '\0'])
+        && ["/", "./", "../"].iter().any(|p| value.starts_with(p))
 }
 
 /// The host-key policy a session asks for.
@@ -228,7 +285,10 @@ fn host_key_policy(
     env: &SessionEnv,
     default_known_hosts: Option<&Path>,
 ) -> Result<HostKeyPolicy, ExitStatus> {
-    if let Some(pins) = env.get_str("SSH_HOST_KEY").filter(|v| !v.trim().is_empty()) {
+    if let Some(pins) = env
+        .connection_str(SSH_HOST_KEY_VAR)
+        .filter(|v| !v.trim().is_empty())
+    {
         let keys = pins
             .lines()
             .map(str::trim)
@@ -239,14 +299,19 @@ fn host_key_policy(
         return Ok(HostKeyPolicy::Pinned(keys));
     }
     if let Some(known) = env
-        .get_str("SSH_KNOWN_HOSTS")
+        .connection_text_or_file(SSH_KNOWN_HOSTS_VAR)
         .filter(|v| !v.trim().is_empty())
     {
-        let path = Path::new(known.trim());
-        if !known.contains('\n') && path.is_file() {
-            return KnownHosts::from_file(path)
-                .map(HostKeyPolicy::KnownHosts)
-                .map_err(|e| usage(format!("ssh: {e}")));
+        if !known.contains('\n') && is_path_like(known.trim()) {
+            let path = Path::new(known.trim());
+            return backend::file::read_capped_text(path, MAX_KNOWN_HOSTS_FILE)
+                .map(|text| HostKeyPolicy::KnownHosts(KnownHosts::parse(&text, path.display().to_string())))
+                .map_err(|e| {
+                    usage(format!(
+                        "ssh: cannot use the known_hosts file {} (SSH_KNOWN_HOSTS): {e}; give a regular file of at most {MAX_KNOWN_HOSTS_FILE} bytes or the known_hosts text",
+                        path.display()
+                    ))
+                });
         }
         let parsed = KnownHosts::parse(known, "SSH_KNOWN_HOSTS");
         if parsed.is_empty() {

@@ -11,6 +11,7 @@
 
 pub mod duplex;
 pub mod env;
+pub mod file;
 mod io;
 
 use std::fmt;
@@ -143,6 +144,13 @@ pub const APPS_ALLOWLIST_VAR: &str = "HEROKU_APPS";
 /// No allowlist means every app the API key can reach. Called before any API call.
 pub fn check_app_allowed(env: &SessionEnv, app: &str) -> Result<(), ExitStatus> {
     let Some(list) = env.connection_str(APPS_ALLOWLIST_VAR) else {
+        if env.named_by_connection(APPS_ALLOWLIST_VAR) {
+            // Set, but not readable as text (a `filesystem:` entry, bytes that are not
+            // UTF-8): fail closed rather than allow every app.
+            return Err(ExitStatus::internal(format!(
+                "app {app:?} is not allowed on this connection: its {APPS_ALLOWLIST_VAR} is not readable text, so no app is allowed; set it as an envvar: of comma-separated app names"
+            )));
+        }
         return Ok(());
     };
     let allowed: Vec<&str> = list
@@ -161,6 +169,32 @@ pub fn check_app_allowed(env: &SessionEnv, app: &str) -> Result<(), ExitStatus> 
             allowed.join(", ")
         }
     )))
+}
+
+/// The connection variable that pins a connection's command: `true` (or `1`, `yes`) refuses
+/// every client argument, so users run exactly the connection's command (with their input).
+pub const PIN_COMMAND_VAR: &str = "DYNOAGENT_PIN_COMMAND";
+
+/// Refuses client arguments when the connection pins its command ([`PIN_COMMAND_VAR`]).
+/// Without a pin, arguments are appended as the Heroku CLI and OpenSSH do, which lets a user
+/// add a remote shell command (`'; cat config/master.key'`): a connection that runs one fixed
+/// task must pin it. Read only from the connection; any value other than `false`/`0`/`no`
+/// (including one that is not text) pins.
+pub fn check_pinned_command(env: &SessionEnv, args: &[String]) -> Result<(), ExitStatus> {
+    let pinned = match env.connection_str(PIN_COMMAND_VAR) {
+        Some(v) => !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "" | "false" | "0" | "no"
+        ),
+        None => env.named_by_connection(PIN_COMMAND_VAR),
+    };
+    if pinned && !args.is_empty() {
+        return Err(ExitStatus::internal(format!(
+            "this connection pins its command ({PIN_COMMAND_VAR}): it accepts no arguments, but {} were given; run it without arguments (your input is still passed to it)",
+            args.len()
+        )));
+    }
+    Ok(())
 }
 
 /// The conventional name of a signal number ("TERM" for 15), or its number.
@@ -237,6 +271,14 @@ mod tests {
             check_app_allowed(&env, "any-app").is_ok(),
             "a client's value is not an allowlist"
         );
+        let mut file = SessionEnv::default();
+        file.set_file_from_connection(APPS_ALLOWLIST_VAR, "/tmp/x.envfs");
+        let refused = check_app_allowed(&file, "any-app").unwrap_err();
+        assert!(
+            refused.message.contains("not readable text"),
+            "{}",
+            refused.message
+        );
         env.set_from_connection(APPS_ALLOWLIST_VAR, "app-one, app-two");
         assert!(check_app_allowed(&env, "app-two").is_ok());
         let refused = check_app_allowed(&env, "app-three").unwrap_err();
@@ -245,6 +287,35 @@ mod tests {
             refused.message.contains("app-one, app-two"),
             "{}",
             refused.message
+        );
+    }
+
+    #[test]
+    fn a_pinned_command_refuses_client_arguments() {
+        let args = vec![";".to_owned(), "cat-secret-file".to_owned()];
+        let mut env = SessionEnv::default();
+        assert!(
+            check_pinned_command(&env, &args).is_ok(),
+            "not pinned by default"
+        );
+        env.set_from_client(PIN_COMMAND_VAR, "true");
+        assert!(
+            check_pinned_command(&env, &args).is_ok(),
+            "a client cannot pin"
+        );
+        env.set_from_connection(PIN_COMMAND_VAR, "false");
+        assert!(check_pinned_command(&env, &args).is_ok());
+        env.set_from_connection(PIN_COMMAND_VAR, "true");
+        assert!(check_pinned_command(&env, &[]).is_ok());
+        let refused = check_pinned_command(&env, &args).unwrap_err();
+        assert!(
+            refused.message.contains("2 were given"),
+            "{}",
+            refused.message
+        );
+        assert!(
+            !refused.message.contains("cat-secret-file"),
+            "arguments are not echoed"
         );
     }
 

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agent::{Agent, AgentConfig, Router};
@@ -29,29 +29,78 @@ pub const DEV_AGENT: &str = "dev";
 pub const DEMO_APP: &str = "demo";
 
 /// Options of `dynoagent dev`.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DevOptions {
     /// Where the gateway listens (dynoctl's default is 127.0.0.1:8010).
     pub listen: SocketAddr,
+    /// Allow a non-loopback `listen` address: the development gateway has plaintext gRPC, one
+    /// shared client token and a `bash` connection on this machine, so exposing it to a network
+    /// hands a shell to anyone who learns the token.
+    pub insecure_listen: bool,
     /// The audit database (dynoctl's default path when `None`).
     pub audit_db: Option<PathBuf>,
-    /// The client token dynoctl presents.
+    /// The client token dynoctl presents: random for each run. It is written to
+    /// [`token_file`] (mode 0600), where dynoctl finds it, and never printed.
     pub client_token: String,
+}
+
+impl std::fmt::Debug for DevOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevOptions")
+            .field("listen", &self.listen)
+            .field("insecure_listen", &self.insecure_listen)
+            .field("audit_db", &self.audit_db)
+            .field("client_token", &"<redacted>")
+            .finish()
+    }
 }
 
 impl Default for DevOptions {
     fn default() -> Self {
         DevOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 8010)),
+            insecure_listen: false,
             audit_db: None,
-            client_token: dynogw::DEV_CLIENT_TOKEN.to_owned(),
+            client_token: dynogw::generate_secret(),
         }
     }
+}
+
+/// Where `dynoagent dev` writes its client token: `dev-token` next to the audit database
+/// (`dynogw::default_dev_token_file()` for the default database, which dynoctl reads).
+pub fn token_file(audit_db: &Path) -> PathBuf {
+    audit_db.with_file_name(dynogw::DEV_TOKEN_FILE)
+}
+
+/// Writes `token` to `path` readable by this user only (0600, in a 0700 directory).
+fn write_token(path: &Path, token: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(token.as_bytes())
 }
 
 /// Why the development stack could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
+    #[error(
+        "refusing to listen on {0}, which is not a loopback address: the development gateway is plaintext and offers a shell on this machine; use 127.0.0.1, or pass --insecure-listen if you really mean to expose it"
+    )]
+    NonLoopback(SocketAddr),
+    #[error("cannot write the client token file {path}: {reason}")]
+    TokenFile { path: PathBuf, reason: String },
     #[error(
         "cannot start the gateway on {listen}: {reason} (is another dynoagent dev running? use --listen to pick another port)"
     )]
@@ -65,13 +114,14 @@ pub enum DevError {
 }
 
 /// A running development stack.
-#[derive(Debug)]
 pub struct DevStack {
     gateway: dynogw::RunningGateway,
     sim: RunningSim,
     agent_stop: CancellationToken,
     agent_task: tokio::task::JoinHandle<()>,
     instructions: String,
+    client_token: String,
+    token_path: PathBuf,
 }
 
 /// The demo connections: `local` runs on the agent's machine; `heroku-run` and `psexec` reach
@@ -103,6 +153,9 @@ fn connections(heroku_api_key: &str) -> Vec<ConnectionDef> {
 impl DevStack {
     /// Starts the gateway, then the agent, and waits until the agent is connected.
     pub async fn start(options: DevOptions) -> Result<DevStack, DevError> {
+        if !options.listen.ip().is_loopback() && !options.insecure_listen {
+            return Err(DevError::NonLoopback(options.listen));
+        }
         let sim = Sim::start(SimConfig {
             api_key: dynogw::generate_secret(),
             ssh_port: Some(0),
@@ -138,6 +191,14 @@ impl DevStack {
         };
         if let Some(db) = &options.audit_db {
             config.audit_db = db.clone();
+        }
+        let token_path = token_file(&config.audit_db);
+        if let Err(e) = write_token(&token_path, &options.client_token) {
+            let e = DevError::TokenFile {
+                path: token_path,
+                reason: e.to_string(),
+            };
+            return Err((e, sim));
         }
         let gateway = match Gateway::start(config).await {
             Ok(gateway) => gateway,
@@ -184,19 +245,31 @@ impl DevStack {
             gateway.shutdown().await;
             return Err((DevError::AgentOffline(wait), sim));
         }
-        let instructions = instructions(&gateway, &options);
+        let instructions = instructions(&gateway, &options, &token_path);
         Ok(DevStack {
             gateway,
             sim,
             agent_stop,
             agent_task,
             instructions,
+            client_token: options.client_token,
+            token_path,
         })
     }
 
     /// What to type next.
     pub fn instructions(&self) -> &str {
         &self.instructions
+    }
+
+    /// The client token of this run (also in [`DevStack::token_path`]).
+    pub fn client_token(&self) -> &str {
+        &self.client_token
+    }
+
+    /// The file holding the client token (0600).
+    pub fn token_path(&self) -> &Path {
+        &self.token_path
     }
 
     /// The gateway's address.
@@ -215,6 +288,8 @@ impl DevStack {
         }
         self.gateway.shutdown().await;
         self.sim.shutdown().await;
+        // The token is valid for this run only.
+        let _ = std::fs::remove_file(&self.token_path);
     }
 
     /// The emulator (tests look at its dynos).
@@ -223,14 +298,27 @@ impl DevStack {
     }
 }
 
-fn instructions(gateway: &dynogw::RunningGateway, options: &DevOptions) -> String {
+impl std::fmt::Debug for DevStack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevStack")
+            .field("gateway", &self.gateway.addr())
+            .field("token_path", &self.token_path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn instructions(
+    gateway: &dynogw::RunningGateway,
+    options: &DevOptions,
+    token_path: &Path,
+) -> String {
     let mut s = String::new();
     let addr = gateway.addr();
     let _ = writeln!(s, "dynoagent dev is running (Ctrl-C stops everything)");
     let _ = writeln!(
         s,
-        "  gateway  grpc://{addr}  client token: {}",
-        options.client_token
+        "  gateway  grpc://{addr}  client token in {} (random for this run)",
+        token_path.display()
     );
     let _ = writeln!(s, "  agent    {DEV_AGENT} (connected)");
     let _ = writeln!(
@@ -239,11 +327,14 @@ fn instructions(gateway: &dynogw::RunningGateway, options: &DevOptions) -> Strin
     );
     let _ = writeln!(s, "  audit    {}", gateway.audit_db().display());
     let _ = writeln!(s);
-    let flags = if addr == DevOptions::default().listen {
+    let mut flags = if addr == DevOptions::default().listen {
         String::new()
     } else {
         format!(" --gateway http://{addr}")
     };
+    if token_path != dynogw::default_dev_token_file() {
+        let _ = write!(flags, " --token \"$(cat {})\"", token_path.display());
+    }
     let _ = writeln!(s, "Try, in another terminal:");
     let _ = writeln!(
         s,

@@ -22,8 +22,10 @@ async fn dev_stack_serves_the_local_demo_connection_and_audits_it() {
         "{}",
         stack.instructions()
     );
-    let client =
-        dynoctl::ClientConfig::new(format!("http://{}", stack.gateway_addr()), dynogw_token());
+    let client = dynoctl::ClientConfig::new(
+        format!("http://{}", stack.gateway_addr()),
+        stack.client_token(),
+    );
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let outcome = dynoctl::exec(
         &client,
@@ -67,8 +69,10 @@ async fn dev_stack_serves_the_heroku_demo_connections() {
             stack.instructions()
         );
     }
-    let client =
-        dynoctl::ClientConfig::new(format!("http://{}", stack.gateway_addr()), dynogw_token());
+    let client = dynoctl::ClientConfig::new(
+        format!("http://{}", stack.gateway_addr()),
+        stack.client_token(),
+    );
     let exec = |connection: &str, input: &'static [u8], args: &[&str]| {
         let request = dynoctl::ExecRequest {
             connection: connection.into(),
@@ -132,6 +136,71 @@ async fn dev_stack_serves_the_heroku_demo_connections() {
     stack.shutdown().await;
 }
 
-fn dynogw_token() -> String {
-    DevOptions::default().client_token
+/// Issue 13, finding 8: the development stack is private to its user. It refuses a
+/// non-loopback listen address unless told otherwise, its client token is random per run and
+/// kept in a 0600 file (never printed), and the audit database is 0600 in a 0700 directory.
+#[tokio::test]
+async fn dev_stack_is_private_to_its_user() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let err = DevStack::start(DevOptions {
+        listen: "0.0.0.0:0".parse().unwrap(),
+        ..DevOptions::default()
+    })
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("--insecure-listen"), "{err}");
+    assert_ne!(
+        DevOptions::default().client_token,
+        DevOptions::default().client_token,
+        "the token is random per run"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state").join("audit.db");
+    let stack = DevStack::start(DevOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        audit_db: Some(db.clone()),
+        ..DevOptions::default()
+    })
+    .await
+    .unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        stack.token_path(),
+        dir.path().join("state").join("dev-token")
+    );
+    assert_eq!(
+        std::fs::read_to_string(stack.token_path()).unwrap(),
+        stack.client_token()
+    );
+    assert_eq!(mode(stack.token_path()), 0o600);
+    assert_eq!(mode(&db), 0o600);
+    assert_eq!(mode(db.parent().unwrap()), 0o700);
+    assert!(
+        !stack.instructions().contains(stack.client_token()),
+        "the token is not printed"
+    );
+    assert!(stack.client_token() != dynogw::DEV_CLIENT_TOKEN);
+    // The old fixed token no longer opens sessions.
+    let client = dynoctl::ClientConfig::new(
+        format!("http://{}", stack.gateway_addr()),
+        dynogw::DEV_CLIENT_TOKEN,
+    );
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let refused = dynoctl::exec(
+        &client,
+        dynoctl::ExecRequest {
+            connection: "local".into(),
+            input: bytes::Bytes::from_static(b"echo should-not-run\n"),
+            ..Default::default()
+        },
+        &mut out,
+        &mut err,
+    )
+    .await;
+    assert!(refused.is_err(), "{:?}", refused.ok());
+    assert!(out.is_empty());
+    let token_path = stack.token_path().to_owned();
+    stack.shutdown().await;
+    assert!(!token_path.exists(), "the token file is removed at the end");
 }

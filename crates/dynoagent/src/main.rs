@@ -23,9 +23,13 @@ struct Cli {
 enum Command {
     /// Run a development gateway, this agent and the demo connections on loopback.
     Dev {
-        /// Where the gateway listens.
+        /// Where the gateway listens (loopback only, unless --insecure-listen).
         #[arg(long, default_value = "127.0.0.1:8010")]
         listen: std::net::SocketAddr,
+        /// Allow a non-loopback --listen address (plaintext gRPC and a shell on this machine
+        /// for anyone with the token).
+        #[arg(long)]
+        insecure_listen: bool,
         /// The audit database (default: dynoctl's default path).
         #[arg(long)]
         audit_db: Option<std::path::PathBuf>,
@@ -33,10 +37,21 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // First of all: sessions of local connections run as the agent's user, and a dumpable
+    // process's /proc/PID/environ and memory are readable by every process of that user. Not
+    // dumpable, they are readable only by root (CAP_SYS_PTRACE), so a session cannot read the
+    // agent's HOOP_KEY or HEROKU_API_KEY. Children do not inherit this (execve resets it).
+    let non_dumpable = nix::sys::prctl::set_dumpable(false);
     let cli = Cli::parse();
-    if let Some(Command::Dev { listen, audit_db }) = cli.command {
+    if let Some(Command::Dev {
+        listen,
+        insecure_listen,
+        audit_db,
+    }) = cli.command
+    {
         return dev(devstack::DevOptions {
             listen,
+            insecure_listen,
             audit_db,
             ..devstack::DevOptions::default()
         });
@@ -57,6 +72,9 @@ fn main() -> ExitCode {
             eprintln!("dynoagent: cannot install logging: {e}");
         }
         return ExitCode::from(2);
+    }
+    if let Err(e) = non_dumpable {
+        tracing::warn!(error = %e, "cannot make the agent non-dumpable; sessions of local connections can read its environment (HOOP_KEY)");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -87,6 +105,9 @@ async fn run(config: AgentConfig) -> ExitCode {
         gateway_host = config.link.dsn.host(),
         "dynoagent starting"
     );
+    for warning in config.transport_warnings() {
+        tracing::warn!(gateway_host = config.link.dsn.host(), "{warning}");
+    }
     // Handlers first: a signal that arrives while the agent starts must drain it, not kill it.
     // SIGHUP (a closed terminal, some supervisors) is a shutdown too, never an instant death.
     let (mut term, mut int, mut hup) = match (

@@ -13,7 +13,7 @@
 //! | what | flag | environment | default |
 //! |---|---|---|---|
 //! | gateway | `--gateway` | `DYNOCTL_GATEWAY` | `http://127.0.0.1:8010` ([`DEFAULT_GATEWAY`]) |
-//! | client token | `--token` | `DYNOCTL_TOKEN` | `dev-token` ([`DEFAULT_TOKEN`]) |
+//! | client token | `--token` | `DYNOCTL_TOKEN` | the file `dynoagent dev` wrote ([`default_token`]), else `dev-token` |
 //! | audit database | `--audit-db` | `DYNOCTL_AUDIT_DB` | [`dynogw::default_audit_db`] |
 //!
 //! The defaults are those of `dynoagent dev`, so `dynoctl` with no flags talks to it. The
@@ -45,6 +45,16 @@ pub use exec::{
 pub const DEFAULT_GATEWAY: &str = "http://127.0.0.1:8010";
 /// The client token `dynoagent dev` accepts.
 pub const DEFAULT_TOKEN: &str = dynogw::DEV_CLIENT_TOKEN;
+
+/// The token to present when none is given: the one `dynoagent dev` wrote for this run
+/// ([`dynogw::default_dev_token_file`]), else [`DEFAULT_TOKEN`].
+pub fn default_token() -> String {
+    std::fs::read_to_string(dynogw::default_dev_token_file())
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| DEFAULT_TOKEN.to_owned())
+}
 /// The exit code for anything the client, gateway or agent could not do (hoop's 254).
 pub const INTERNAL_EXIT_CODE: i32 = hoop_wire::spec::INTERNAL_EXIT_CODE;
 

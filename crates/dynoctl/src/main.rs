@@ -17,7 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 /// The dynoagent client: run commands through a hoop-compatible gateway and read its audit.
 ///
-/// With no flags it talks to `dynoagent dev` (gateway http://127.0.0.1:8010, token dev-token).
+/// With no flags it talks to `dynoagent dev` (gateway http://127.0.0.1:8010, the token it wrote).
 #[derive(Debug, Parser)]
 #[command(name = "dynoctl", version, about, long_about = None)]
 struct Cli {
@@ -31,8 +31,9 @@ struct GatewayArgs {
     #[arg(long, env = "DYNOCTL_GATEWAY", default_value = dynoctl::DEFAULT_GATEWAY)]
     gateway: String,
     /// The client token.
-    #[arg(long, env = "DYNOCTL_TOKEN", default_value = dynoctl::DEFAULT_TOKEN, hide_default_value = true, hide_env_values = true)]
-    token: String,
+    /// [default: the token file of `dynoagent dev`, else dev-token]
+    #[arg(long, env = "DYNOCTL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -158,7 +159,7 @@ fn main() -> ExitCode {
 }
 
 fn config(g: GatewayArgs) -> ClientConfig {
-    ClientConfig::new(g.gateway, g.token)
+    ClientConfig::new(g.gateway, g.token.unwrap_or_else(dynoctl::default_token))
 }
 
 fn report(

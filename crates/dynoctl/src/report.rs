@@ -67,17 +67,17 @@ pub fn write_sessions(store: &AuditStore, out: &mut impl Write) -> Result<(), Cl
         .iter()
         .map(|s| {
             [
-                s.id.clone(),
+                field(&s.id),
                 format_utc(s.start),
                 duration(s),
-                s.user.clone(),
-                s.connection.clone(),
-                s.verb.clone(),
-                s.status.clone(),
+                field(&s.user),
+                field(&s.connection),
+                field(&s.verb),
+                field(&s.status),
                 s.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
                 s.bytes_in.to_string(),
                 s.bytes_out.to_string(),
-                s.command.clone(),
+                field(&s.command),
             ]
         })
         .collect();
@@ -131,6 +131,24 @@ pub fn escape(data: &[u8]) -> String {
     out
 }
 
+/// Escapes one field of a table or header line: every control character, newlines and tabs
+/// included, so a user's command, name or connection cannot move the cursor, rewrite the
+/// terminal title or forge lines of the report.
+pub fn field(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Writes one session's header and its events with their times since the start.
 pub fn write_audit(store: &AuditStore, id: &str, out: &mut impl Write) -> Result<(), ClientError> {
     let s = store
@@ -139,23 +157,28 @@ pub fn write_audit(store: &AuditStore, id: &str, out: &mut impl Write) -> Result
     let w = |out: &mut dyn Write, label: &str, value: String| {
         writeln!(out, "{label:<11}{value}").map_err(out_err)
     };
-    w(out, "session", s.id.clone())?;
+    w(out, "session", field(&s.id))?;
     w(
         out,
         "connection",
-        format!("{} ({}) by {}", s.connection, s.verb, s.user),
+        format!(
+            "{} ({}) by {}",
+            field(&s.connection),
+            field(&s.verb),
+            field(&s.user)
+        ),
     )?;
-    w(out, "command", s.command.clone())?;
+    w(out, "command", field(&s.command))?;
     w(out, "start", format!("{} UTC", format_utc(s.start)))?;
     let end = match (s.end, s.exit_code) {
         (Some(end), Some(code)) => format!(
             "{} UTC, exit code {code} ({}, {})",
             format_utc(end),
-            s.status,
+            field(&s.status),
             duration(&s)
         ),
-        (Some(end), None) => format!("{} UTC ({})", format_utc(end), s.status),
-        _ => format!("- ({})", s.status),
+        (Some(end), None) => format!("{} UTC ({})", format_utc(end), field(&s.status)),
+        _ => format!("- ({})", field(&s.status)),
     };
     w(out, "end", end)?;
     w(
@@ -195,6 +218,15 @@ mod tests {
         assert_eq!(format_utc(0.0), "1970-01-01 00:00:00");
         assert_eq!(format_utc(951_782_400.5), "2000-02-29 00:00:00");
         assert_eq!(format_utc(1_787_313_600.0), "2026-08-21 12:00:00");
+    }
+
+    #[test]
+    fn fields_escape_every_control_character() {
+        assert_eq!(
+            field("ls \x1b]0;pwned\x07\nfake line\tx\\"),
+            "ls \\x1b]0;pwned\\x07\\nfake line\\tx\\\\"
+        );
+        assert_eq!(field("plain élan"), "plain élan");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Operations queued for the writer. Overflow policy: **backpressure**. A full queue makes
 /// session relays wait (and so slows the streams they relay) rather than drop audit events;
@@ -168,13 +168,34 @@ impl AuditStore {
 
     /// Opens or creates the database (and its directory) with the schema (what the gateway does).
     pub fn create(path: impl AsRef<Path>) -> Result<AuditStore, AuditError> {
+        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
         let path = path.as_ref().to_owned();
+        // The audit holds every session's input and output: private to this user (a 0700
+        // directory, a 0600 file; SQLite gives its -wal and -shm files the database's mode).
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| AuditError::CreateDir {
+            let create_dir = |source| AuditError::CreateDir {
                 path: dir.to_owned(),
                 source,
-            })?;
+            };
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(create_dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(create_dir)?;
         }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)))
+            .map_err(|source| AuditError::CreateDir {
+                path: path.clone(),
+                source,
+            })?;
         let conn = Connection::open(&path).map_err(|source| AuditError::Sqlite {
             path: path.clone(),
             source,
@@ -352,9 +373,21 @@ pub(crate) struct WriterGone;
 #[derive(Clone, Debug)]
 pub(crate) struct AuditSink {
     tx: mpsc::Sender<Op>,
+    /// Becomes `true` for good when a batch could not be written: from then on sessions would
+    /// run unrecorded, so the gateway closes them (issue 13).
+    failed: watch::Receiver<bool>,
 }
 
 impl AuditSink {
+    /// Resolves when the audit store has failed (at once if it already has).
+    pub async fn failed(&self) {
+        let mut failed = self.failed.clone();
+        if failed.wait_for(|f| *f).await.is_err() {
+            // The writer is gone without a failure mark (shutdown): never resolve.
+            std::future::pending::<()>().await;
+        }
+    }
+
     pub async fn open(&self, s: NewSession) -> Result<(), WriterGone> {
         self.tx.send(Op::Open(s)).await.map_err(|_| WriterGone)
     }
@@ -400,6 +433,7 @@ impl AuditSink {
 /// dropped and the queue is drained.
 pub(crate) fn spawn_writer(store: AuditStore) -> (AuditSink, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Op>(QUEUE);
+    let (failed_tx, failed) = watch::channel(false);
     let task = tokio::spawn(async move {
         let AuditStore { conn, path } = store;
         let mut conn = Some(conn);
@@ -421,7 +455,8 @@ pub(crate) fn spawn_writer(store: AuditStore) -> (AuditSink, tokio::task::JoinHa
                 Ok((c, mut ops, result)) => {
                     if let Err(e) = result {
                         tracing::error!(path = %path.display(), error = %e, ops = ops.len(),
-                            "audit batch could not be written; those events are lost");
+                            "audit batch could not be written; those events are lost and live sessions are closed");
+                        failed_tx.send_replace(true);
                     }
                     for op in ops.drain(..) {
                         if let Op::Flush(ack) = op {
@@ -433,12 +468,13 @@ pub(crate) fn spawn_writer(store: AuditStore) -> (AuditSink, tokio::task::JoinHa
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "audit writer crashed; auditing stopped");
+                    failed_tx.send_replace(true);
                     break;
                 }
             }
         }
     });
-    (AuditSink { tx }, task)
+    (AuditSink { tx, failed }, task)
 }
 
 fn write_batch(conn: &Connection, ops: &[Op]) -> rusqlite::Result<()> {

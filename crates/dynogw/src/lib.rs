@@ -50,6 +50,15 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8010";
 /// The default client token of a development setup (`dynoagent dev` and `dynoctl`).
 pub const DEV_CLIENT_TOKEN: &str = "dev-token";
 
+/// The file name of `dynoagent dev`'s client token, next to its audit database.
+pub const DEV_TOKEN_FILE: &str = "dev-token";
+
+/// Where `dynoagent dev` writes its random client token by default (0600), and where
+/// `dynoctl` looks for it when given no token: `dev-token` next to [`default_audit_db`].
+pub fn default_dev_token_file() -> PathBuf {
+    default_audit_db().with_file_name(DEV_TOKEN_FILE)
+}
+
 /// The default audit database: `$DYNOAGENT_STATE_DIR/audit.db`, else
 /// `$XDG_STATE_HOME/dynoagent/audit.db`, else `$HOME/.local/state/dynoagent/audit.db`, else
 /// `$TMPDIR/dynoagent/audit.db`. `dynoctl` reads the same default.

@@ -47,6 +47,7 @@ const AGENT_DISCONNECTED: &str = "agent has disconnected";
 const GATEWAY_SHUTDOWN: &str = "gateway shutdown";
 const CLIENT_DISCONNECTED: &str = "client disconnected";
 const AGENT_OFFLINE: &str = "agent is offline";
+const AUDIT_FAILED: &str = "session closed by the gateway: its audit record could not be written (see the gateway's log); sessions do not run unrecorded";
 
 /// The fixed `AnalyzerMetricsRules` hoop's gateway sends with every session (§6.1).
 const ANALYZER_METRICS_RULES: &str =
@@ -102,6 +103,8 @@ enum End {
     ClientGone,
     /// The client sent `AgentSessionClose` itself.
     ClientClosed,
+    /// The audit store failed: the session is not allowed to go on unrecorded.
+    AuditFailed,
 }
 
 /// Detaches the session from its agent on every exit path.
@@ -409,10 +412,15 @@ impl Session {
 
     /// Phase 3: relay until the session ends.
     async fn relay(&mut self, link: &AgentLink, mut from_agent: mpsc::Receiver<FromAgent>) -> End {
+        let audit = self.hub.audit.clone();
         loop {
+            if self.recorder.as_ref().is_some_and(|r| r.failed) {
+                return End::AuditFailed;
+            }
             tokio::select! {
                 biased;
                 () = self.hub.shutdown.cancelled() => return End::Shutdown,
+                () = audit.failed() => return End::AuditFailed,
                 p = from_agent.recv() => {
                     let Some(FromAgent { mut packet, decoded }) = p else {
                         return End::AgentGone;
@@ -506,6 +514,11 @@ impl Session {
             End::ClientClosed => {
                 // A clean close by the client: hoop records 0 when the close carried no error.
                 self.record_close(0, None).await;
+            }
+            End::AuditFailed => {
+                tracing::error!("closing a session whose audit record cannot be written");
+                self.close_agent(link).await;
+                self.refuse(AUDIT_FAILED).await;
             }
         }
     }

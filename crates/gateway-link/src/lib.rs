@@ -267,8 +267,10 @@ fn addr(config: &LinkConfig) -> String {
 fn fill_metadata(md: &mut MetadataMap, config: &LinkConfig) -> Result<(), LinkError> {
     let bearer = format!("Bearer {}", config.dsn.bearer());
     // The DSN was checked to be ASCII when parsed; the error never names the value.
-    let auth = AsciiMetadataValue::try_from(bearer)
+    let mut auth = AsciiMetadataValue::try_from(bearer)
         .map_err(|_| LinkError::Metadata("HOOP_KEY is not a valid header value".into()))?;
+    // Sensitive: HTTP/2 never indexes it in HPACK tables and `Debug` prints no value.
+    auth.set_sensitive(true);
     md.insert(hoop_wire::spec::metadata::AUTHORIZATION, auth);
     for (key, value) in config.metadata.pairs() {
         let clean: String = value
@@ -457,6 +459,17 @@ mod tests {
             assert_eq!(start.elapsed(), KEEPALIVE_PERIOD * n as u32);
         }
         task.abort();
+    }
+
+    #[test]
+    fn the_authorization_metadata_is_sensitive() {
+        let dsn = Dsn::parse("grpc://agent:hunter2-md@127.0.0.1:8010?mode=standard").unwrap();
+        let config = LinkConfig::new(dsn, TlsOptions::default(), "0");
+        let mut md = MetadataMap::new();
+        fill_metadata(&mut md, &config).unwrap();
+        let auth = md.get(hoop_wire::spec::metadata::AUTHORIZATION).unwrap();
+        assert!(auth.is_sensitive());
+        assert!(!format!("{md:?}").contains("hunter2"), "{md:?}");
     }
 
     #[tokio::test(start_paused = true)]

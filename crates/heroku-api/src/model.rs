@@ -39,8 +39,9 @@ pub struct NamedRef {
     pub name: String,
 }
 
-/// A dyno.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+/// A dyno. `Debug` omits the command (it holds the user's arguments) and the `attach_url`
+/// (its path is the rendezvous secret).
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct Dyno {
     #[serde(default)]
     pub id: String,
@@ -57,8 +58,26 @@ pub struct Dyno {
     pub attach_url: Option<String>,
 }
 
-/// The body of `POST /apps/{app}/dynos`. `None` fields are left out, as the CLI does.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+impl std::fmt::Debug for Dyno {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dyno")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("state", &self.state)
+            .field("command", &format_args!("<{} bytes>", self.command.len()))
+            .field("size", &self.size)
+            .field(
+                "attach_url",
+                &self.attach_url.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// The body of `POST /apps/{app}/dynos`. `None` fields are left out, as the CLI does. `Debug`
+/// omits the command and the values of `env` (the user's arguments and `-e` values).
+#[derive(Clone, Default, PartialEq, Serialize)]
 pub struct CreateDyno {
     pub command: String,
     pub attach: bool,
@@ -72,6 +91,20 @@ pub struct CreateDyno {
     pub kind: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub time_to_live: Option<u64>,
+}
+
+impl std::fmt::Debug for CreateDyno {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateDyno")
+            .field("command", &format_args!("<{} bytes>", self.command.len()))
+            .field("attach", &self.attach)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("force_no_tty", &self.force_no_tty)
+            .field("size", &self.size)
+            .field("kind", &self.kind)
+            .field("time_to_live", &self.time_to_live)
+            .finish()
+    }
 }
 
 /// An app feature such as `runtime-heroku-exec`.
@@ -123,5 +156,32 @@ mod tests {
         assert_eq!(app("").generation, None);
         // Any other shape is a decode error, not a silent "Cedar".
         assert!(serde_json::from_str::<App>(r#"{"name":"a","generation":7}"#).is_err());
+    }
+
+    #[test]
+    fn debug_never_prints_commands_env_values_or_the_attach_url() {
+        let dyno = Dyno {
+            name: "run.1".into(),
+            command: "rake secret-task".into(),
+            attach_url: Some("rendezvous://rendezvous.runtime.heroku.com:5000/rv-secret".into()),
+            ..Dyno::default()
+        };
+        let text = format!("{dyno:?}");
+        assert!(text.contains("run.1"), "{text}");
+        assert!(
+            !text.contains("rv-secret") && !text.contains("secret-task"),
+            "{text}"
+        );
+        let create = CreateDyno {
+            command: "rake secret-task".into(),
+            env: [("TOKEN".to_owned(), serde_json::Value::from("env-secret"))].into(),
+            ..CreateDyno::default()
+        };
+        let text = format!("{create:?}");
+        assert!(text.contains("TOKEN"), "{text}");
+        assert!(
+            !text.contains("env-secret") && !text.contains("secret-task"),
+            "{text}"
+        );
     }
 }

@@ -197,7 +197,7 @@ impl fmt::Debug for AgentConnectionParams {
             .field("user_email", user_email)
             .field("env_vars", &EnvVarNames(env_vars))
             .field("cmd_list", cmd_list)
-            .field("client_args", client_args)
+            .field("client_args", &format_args!("<{} args>", client_args.len()))
             .field("client_verb", client_verb)
             .field("client_origin", client_origin)
             .field("dlp_provider", dlp_provider)

@@ -163,8 +163,9 @@ impl TermSize {
     }
 }
 
-/// A decoded `AgentSessionOpen`, as the gateway rebuilds it for the agent.
-#[derive(Clone, Debug, PartialEq)]
+/// A decoded `AgentSessionOpen`, as the gateway rebuilds it for the agent. `Debug` prints
+/// the client's variable names, never their values.
+#[derive(Clone, PartialEq)]
 pub struct SessionOpen {
     pub session_id: SessionId,
     /// `gateway.connection_type`, e.g. `command-line`.
@@ -180,8 +181,22 @@ pub struct SessionOpen {
     pub jit_timeout: Option<std::time::Duration>,
 }
 
-/// A packet addressed to the agent.
-#[derive(Clone, Debug, PartialEq)]
+impl fmt::Debug for SessionOpen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionOpen")
+            .field("session_id", &self.session_id)
+            .field("connection_type", &self.connection_type)
+            .field("params", &self.params)
+            .field("client_env", &self.client_env.keys().collect::<Vec<_>>())
+            .field("request_port", &self.request_port.as_ref().map(Bytes::len))
+            .field("jit_timeout", &self.jit_timeout)
+            .finish()
+    }
+}
+
+/// A packet addressed to the agent. `Debug` prints input as its length only (it is the user's
+/// content) and a session open without client values.
+#[derive(Clone, PartialEq)]
 pub enum AgentPacket {
     GatewayConnectOk,
     FeatureFlags(BTreeMap<String, bool>),
@@ -213,6 +228,54 @@ pub enum AgentPacket {
         packet_type: String,
         session_id: Option<SessionId>,
     },
+}
+
+impl fmt::Debug for AgentPacket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AgentPacket::GatewayConnectOk => f.write_str("GatewayConnectOk"),
+            AgentPacket::FeatureFlags(flags) => f.debug_tuple("FeatureFlags").field(flags).finish(),
+            AgentPacket::SessionOpen(open) => f.debug_tuple("SessionOpen").field(open).finish(),
+            AgentPacket::ExecWriteStdin { session_id, data } => f
+                .debug_struct("ExecWriteStdin")
+                .field("session_id", session_id)
+                .field("bytes", &data.len())
+                .finish(),
+            AgentPacket::TerminalWriteStdin { session_id, data } => f
+                .debug_struct("TerminalWriteStdin")
+                .field("session_id", session_id)
+                .field("bytes", &data.len())
+                .finish(),
+            AgentPacket::TerminalResize { session_id, size } => f
+                .debug_struct("TerminalResize")
+                .field("session_id", session_id)
+                .field("size", size)
+                .finish(),
+            AgentPacket::SessionClose { session_id } => f
+                .debug_struct("SessionClose")
+                .field("session_id", session_id)
+                .finish(),
+            AgentPacket::KeepAlive => f.write_str("KeepAlive"),
+            AgentPacket::SysRequest {
+                kind,
+                request_id,
+                payload,
+            } => f
+                .debug_struct("SysRequest")
+                .field("kind", kind)
+                .field("request_id", request_id)
+                .field("bytes", &payload.len())
+                .finish(),
+            AgentPacket::Unsupported {
+                packet_type,
+                session_id,
+            } => f
+                .debug_struct("Unsupported")
+                .field("packet_type", packet_type)
+                .field("session_id", session_id)
+                .finish(),
+        }
+    }
 }
 
 /// A packet addressed to the client (sent by the agent).
@@ -683,6 +746,36 @@ mod tests {
             let wire: WirePacket = packet.clone().into_packet().into();
             assert_eq!(AgentPacket::decode(&wire).unwrap(), packet);
         }
+    }
+
+    #[test]
+    fn debug_never_prints_client_values_or_input() {
+        let open = AgentPacket::SessionOpen(Box::new(SessionOpen {
+            session_id: sid("s3"),
+            connection_type: "command-line".into(),
+            params: AgentConnectionParams {
+                env_vars: [("envvar:DB".to_string(), "Y29ubi1zZWNyZXQ=".to_string())].into(),
+                client_args: vec!["arg-secret".into()],
+                ..Default::default()
+            },
+            client_env: [(
+                "envvar:TOKEN".to_string(),
+                "Y2xpZW50LXNlY3JldA==".to_string(),
+            )]
+            .into(),
+            request_port: None,
+            jit_timeout: None,
+        }));
+        let text = format!("{open:?}");
+        assert!(text.contains("TOKEN"), "{text}");
+        for secret in ["Y2xpZW50LXNlY3JldA==", "Y29ubi1zZWNyZXQ=", "arg-secret"] {
+            assert!(!text.contains(secret), "{text}");
+        }
+        let input = AgentPacket::ExecWriteStdin {
+            session_id: sid("s3"),
+            data: Bytes::from_static(b"select password"),
+        };
+        assert!(!format!("{input:?}").contains("password"));
     }
 
     #[test]

@@ -283,11 +283,11 @@ pub fn start(
     }
 }
 
-/// A session env with these plain variables.
+/// A session env with these plain variables, set by the connection.
 pub fn env(vars: &[(&str, &str)]) -> SessionEnv {
     let mut env = SessionEnv::default();
     for (k, v) in vars {
-        env.set(k, *v);
+        env.set_from_connection(k, *v);
     }
     env
 }
