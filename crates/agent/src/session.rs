@@ -95,6 +95,8 @@ pub(crate) struct SessionOutput {
     // Held across each send so that output and the final close are strictly ordered.
     lock: tokio::sync::Mutex<()>,
     closed: AtomicBool,
+    /// Set once the session is a terminal (`hoop connect`): stderr then goes out as stdout.
+    terminal: AtomicBool,
 }
 
 impl SessionOutput {
@@ -130,11 +132,18 @@ impl SessionOutput {
 impl OutputTarget for SessionOutput {
     fn write(&self, stream: StreamKind, chunk: Bytes) -> BoxFuture<'_, Result<(), SinkClosed>> {
         let session_id = self.session_id.clone();
+        let terminal = self.terminal.load(Ordering::Relaxed);
         Box::pin(async move {
             let packet = match stream {
                 StreamKind::Stdout => ClientPacket::Stdout {
                     session_id,
                     data: chunk,
+                },
+                // `hoop connect` drops `ClientWriteStderr` (hoop-gateway-protocol.md §3.4): in a
+                // terminal, notices go to stdout, with CRLF for the client's raw-mode terminal.
+                StreamKind::Stderr if terminal => ClientPacket::Stdout {
+                    session_id,
+                    data: crlf(chunk),
                 },
                 StreamKind::Stderr => ClientPacket::Stderr {
                     session_id,
@@ -145,6 +154,27 @@ impl OutputTarget for SessionOutput {
         })
     }
 }
+
+/// Bare `\n` as `\r\n` (a raw-mode terminal does not return the carriage on `\n`).
+fn crlf(chunk: Bytes) -> Bytes {
+    if !chunk.contains(&b'\n') {
+        return chunk;
+    }
+    let mut out = Vec::with_capacity(chunk.len() + 8);
+    let mut previous = 0u8;
+    for &b in chunk.iter() {
+        if b == b'\n' && previous != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        previous = b;
+    }
+    Bytes::from(out)
+}
+
+/// How long a terminal session whose backend fixes the size at start waits for the client's
+/// first resize after its first input (hoop-gateway-protocol.md §3.4, §8.2).
+const FIRST_RESIZE_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Everything a session task starts with.
 pub(crate) struct SessionStart {
@@ -167,6 +197,7 @@ pub(crate) fn new_session(
         out,
         lock: tokio::sync::Mutex::new(()),
         closed: AtomicBool::new(false),
+        terminal: AtomicBool::new(false),
     });
     let handle = SessionHandle {
         events: tx,
@@ -355,6 +386,37 @@ async fn drive(
             None => return None,
         }
     };
+    // A backend that fixes the terminal's size at start waits a little for the first resize,
+    // which hoop's CLI may send just after its first input. Input that arrives meanwhile is
+    // kept, in order, for the backend.
+    let mut early: std::collections::VecDeque<SessionEvent> = std::collections::VecDeque::new();
+    let mode = match mode {
+        Mode::Terminal { size }
+            if pending_size.is_none() && backend.fixes_terminal_size_at_start() =>
+        {
+            let wait_until = tokio::time::Instant::now() + FIRST_RESIZE_WAIT;
+            let mut size = size;
+            loop {
+                tokio::select! {
+                    () = control.cancel.cancelled() => return None,
+                    () = tokio::time::sleep_until(wait_until) => break,
+                    event = events.recv() => match event {
+                        Some(SessionEvent::Resize(s)) => {
+                            size = s;
+                            break;
+                        }
+                        Some(other) => early.push_back(other),
+                        None => break,
+                    },
+                }
+            }
+            Mode::Terminal { size }
+        }
+        other => other,
+    };
+    if matches!(mode, Mode::Terminal { .. }) {
+        output.terminal.store(true, Ordering::Relaxed);
+    }
 
     let target: Arc<dyn OutputTarget> = output.clone();
     let (input_tx, input_rx) = mpsc::channel(BACKEND_INPUT_QUEUE);
@@ -388,6 +450,18 @@ async fn drive(
             backlog.push_back(Input::Data(data));
         }
         backlog.push_back(Input::Eof);
+    }
+    for event in early {
+        match event {
+            SessionEvent::TerminalStdin(data) => {
+                tally
+                    .bytes_in
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                backlog.push_back(Input::Data(data));
+            }
+            SessionEvent::Resize(size) => backlog.push_back(Input::Resize(size)),
+            SessionEvent::ExecStdin(_) => {}
+        }
     }
     let run = backend.run(request, io);
     tokio::pin!(run);

@@ -54,6 +54,10 @@ impl Backend for RunBackend {
         let config = self.config.clone();
         Box::pin(session::run(config, request, io))
     }
+
+    fn fixes_terminal_size_at_start(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -229,6 +229,14 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// Runs one session to completion.
     fn run(&self, request: SessionRequest, io: SessionIo) -> BoxFuture<'static, ExitStatus>;
+
+    /// Whether a terminal's size is fixed when the backend creates its target (a one-off
+    /// dyno's `COLUMNS`/`LINES`) and cannot change later. The session then waits a short,
+    /// bounded time for the client's first resize before starting it (hoop's CLI sends its
+    /// first `"\n"` and first resize concurrently, in either order).
+    fn fixes_terminal_size_at_start(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

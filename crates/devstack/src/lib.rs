@@ -42,6 +42,9 @@ pub struct DevOptions {
     /// The client token dynoctl presents: random for each run. It is written to
     /// [`token_file`] (mode 0600), where dynoctl finds it, and never printed.
     pub client_token: String,
+    /// How the printed hints invoke the client: `dynoagent dev` passes its own `ctl`
+    /// subcommand (`/path/to/dynoagent ctl`), which runs at once.
+    pub client_command: String,
 }
 
 impl std::fmt::Debug for DevOptions {
@@ -51,6 +54,7 @@ impl std::fmt::Debug for DevOptions {
             .field("insecure_listen", &self.insecure_listen)
             .field("audit_db", &self.audit_db)
             .field("client_token", &"<redacted>")
+            .field("client_command", &self.client_command)
             .finish()
     }
 }
@@ -62,6 +66,7 @@ impl Default for DevOptions {
             insecure_listen: false,
             audit_db: None,
             client_token: dynogw::generate_secret(),
+            client_command: "cargo run -q -p dynoctl --".to_owned(),
         }
     }
 }
@@ -335,32 +340,30 @@ fn instructions(
     if token_path != dynogw::default_dev_token_file() {
         let _ = write!(flags, " --token \"$(cat {})\"", token_path.display());
     }
+    let ctl = &options.client_command;
     let _ = writeln!(s, "Try, in another terminal:");
     let _ = writeln!(
         s,
-        "  cargo run -q -p dynoctl -- exec{flags} local -i 'echo hello from $HOSTNAME; exit 3'"
+        "  {ctl} exec{flags} local -i 'echo hello from $HOSTNAME; exit 3'"
+    );
+    let _ = writeln!(s, "  echo 'uname -a' | {ctl} exec{flags} local");
+    let _ = writeln!(s, "  {ctl} connect{flags} local");
+    let _ = writeln!(
+        s,
+        "  {ctl} exec{flags} heroku-run -- --app {DEMO_APP} 'echo on a one-off dyno: $DYNO'"
     );
     let _ = writeln!(
         s,
-        "  echo 'uname -a' | cargo run -q -p dynoctl -- exec{flags} local"
-    );
-    let _ = writeln!(s, "  cargo run -q -p dynoctl -- connect{flags} local");
-    let _ = writeln!(
-        s,
-        "  cargo run -q -p dynoctl -- exec{flags} heroku-run -- --app {DEMO_APP} 'echo on a one-off dyno: $DYNO'"
+        "  {ctl} exec{flags} psexec -i 'ps -o pid,cmd' -- --app {DEMO_APP} --dyno web.1"
     );
     let _ = writeln!(
         s,
-        "  cargo run -q -p dynoctl -- exec{flags} psexec -i 'ps -o pid,cmd' -- --app {DEMO_APP} --dyno web.1"
-    );
-    let _ = writeln!(
-        s,
-        "  cargo run -q -p dynoctl -- connect{flags} psexec -- --interactive --app {DEMO_APP}"
+        "  {ctl} connect{flags} psexec -- --interactive --app {DEMO_APP}"
     );
     let audit_flag = match &options.audit_db {
         Some(db) => format!(" --audit-db {}", db.display()),
         None => String::new(),
     };
-    let _ = writeln!(s, "  cargo run -q -p dynoctl -- sessions{audit_flag}");
+    let _ = writeln!(s, "  {ctl} sessions{audit_flag}");
     s
 }

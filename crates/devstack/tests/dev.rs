@@ -13,12 +13,16 @@ async fn dev_stack_serves_the_local_demo_connection_and_audits_it() {
     let stack = DevStack::start(DevOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
         audit_db: Some(db.clone()),
+        client_command: "/opt/dynoagent ctl".into(),
         ..DevOptions::default()
     })
     .await
     .unwrap();
+    // The hints run the binary's own client (`dynoagent ctl`), so they work at once.
     assert!(
-        stack.instructions().contains(" local -i "),
+        stack.instructions().contains("/opt/dynoagent ctl exec")
+            && stack.instructions().contains(" local -i ")
+            && !stack.instructions().contains("cargo run"),
         "{}",
         stack.instructions()
     );

@@ -34,6 +34,14 @@ enum Command {
         #[arg(long)]
         audit_db: Option<std::path::PathBuf>,
     },
+    /// The development client (`dynoctl`), built into this binary: `dynoagent ctl exec local
+    /// -i 'echo hi'`, `dynoagent ctl connect local`, `dynoagent ctl sessions`, ...
+    #[command(disable_help_flag = true)]
+    Ctl {
+        /// dynoctl's arguments (`dynoagent ctl --help` lists them).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -43,18 +51,30 @@ fn main() -> ExitCode {
     // agent's HOOP_KEY or HEROKU_API_KEY. Children do not inherit this (execve resets it).
     let non_dumpable = nix::sys::prctl::set_dumpable(false);
     let cli = Cli::parse();
-    if let Some(Command::Dev {
-        listen,
-        insecure_listen,
-        audit_db,
-    }) = cli.command
-    {
-        return dev(devstack::DevOptions {
+    match cli.command {
+        Some(Command::Dev {
             listen,
             insecure_listen,
             audit_db,
-            ..devstack::DevOptions::default()
-        });
+        }) => {
+            // The hints `dev` prints run this very binary's `ctl`: no second build needed.
+            let client_command = std::env::current_exe()
+                .map(|exe| format!("{} ctl", exe.display()))
+                .unwrap_or_else(|_| "dynoagent ctl".to_owned());
+            return dev(devstack::DevOptions {
+                listen,
+                insecure_listen,
+                audit_db,
+                client_command,
+                ..devstack::DevOptions::default()
+            });
+        }
+        Some(Command::Ctl { args }) => {
+            return dynoctl::cli::main_from(
+                std::iter::once(std::ffi::OsString::from("dynoagent ctl")).chain(args),
+            );
+        }
+        None => {}
     }
     let config = match AgentConfig::from_process_env(VERSION) {
         Ok(config) => config,

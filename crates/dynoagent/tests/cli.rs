@@ -147,6 +147,35 @@ async fn the_gateways_refusal_of_an_organization_key_is_one_error_then_quiet_ret
     gw.shutdown().await;
 }
 
+/// `dynoagent ctl` is dynoctl, so the hints `dynoagent dev` prints run with no second build.
+#[test]
+fn ctl_runs_the_development_client() {
+    let out = Command::new(env!("CARGO_BIN_EXE_dynoagent"))
+        .args(["ctl", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for sub in ["exec", "connect", "sessions", "audit"] {
+        assert!(help.contains(sub), "{help}");
+    }
+    // A client error is dynoctl's, with its exit code (254: the gateway is unreachable).
+    let out = Command::new(env!("CARGO_BIN_EXE_dynoagent"))
+        .args([
+            "ctl",
+            "exec",
+            "--gateway",
+            "127.0.0.1:1",
+            "local",
+            "-i",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(254));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("dynoctl: "));
+}
+
 #[test]
 fn version_prints_and_exits_zero() {
     let out = Command::new(env!("CARGO_BIN_EXE_dynoagent"))

@@ -30,6 +30,7 @@
     clippy::panic
 )]
 
+pub mod cli;
 mod exec;
 pub mod report;
 mod stream;

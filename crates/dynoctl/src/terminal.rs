@@ -90,12 +90,24 @@ async fn send(stream: &ClientStream, p: Packet) -> Result<(), ClientError> {
         .map_err(|_| ClientError::StreamEnded)
 }
 
+/// Which of the two packets that start a terminal goes first. hoop's CLI sends its first
+/// `"\n"` and its first resize from two goroutines, so the agent sees either order
+/// (hoop-gateway-protocol.md §3.4); dynoctl picks one at random unless told.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum FirstPacket {
+    #[default]
+    Random,
+    Newline,
+    Resize,
+}
+
 /// Opens an interactive session on `connection` through this process's terminal.
 pub async fn connect(
     config: &ClientConfig,
     connection: &str,
     args: &[String],
     env: &BTreeMap<String, String>,
+    first: FirstPacket,
 ) -> Result<TerminalOutcome, ClientError> {
     if !stdin_is_tty() {
         return Err(ClientError::NotATty);
@@ -134,7 +146,7 @@ pub async fn connect(
     };
 
     let raw = RawMode::enable()?;
-    let result = relay(&mut stream, session_id).await;
+    let result = relay(&mut stream, session_id, first).await;
     raw.restore();
     drop(raw);
     result
@@ -143,6 +155,7 @@ pub async fn connect(
 async fn relay(
     stream: &mut ClientStream,
     session_id: Option<String>,
+    first: FirstPacket,
 ) -> Result<TerminalOutcome, ClientError> {
     let mut winch =
         signal(SignalKind::window_change()).map_err(|e| ClientError::Terminal(e.to_string()))?;
@@ -151,13 +164,20 @@ async fn relay(
     let mut hup = signal(SignalKind::hangup()).map_err(|e| ClientError::Terminal(e.to_string()))?;
 
     // hoop's CLI: the initial "\n" creates the PTY; the initial resize may arrive first.
-    send(
-        stream,
-        stream::packet(pt::AGENT_TERMINAL_WRITE_STDIN, Bytes::from_static(b"\n")),
-    )
-    .await?;
-    if let Some(size) = current_size() {
-        send(stream, stream::packet(pt::AGENT_TERMINAL_RESIZE_TTY, size)).await?;
+    let newline = stream::packet(pt::AGENT_TERMINAL_WRITE_STDIN, Bytes::from_static(b"\n"));
+    let resize = current_size().map(|size| stream::packet(pt::AGENT_TERMINAL_RESIZE_TTY, size));
+    let resize_first = match first {
+        FirstPacket::Resize => true,
+        FirstPacket::Newline => false,
+        FirstPacket::Random => rand::random::<bool>(),
+    };
+    let (a, b) = if resize_first {
+        (resize, Some(newline))
+    } else {
+        (Some(newline), resize)
+    };
+    for p in [a, b].into_iter().flatten() {
+        send(stream, p).await?;
     }
 
     // A plain thread reads stdin: blocking reads on a TTY cannot be cancelled, and a thread
@@ -216,7 +236,11 @@ async fn relay(
                 };
                 match p.r#type.as_str() {
                     pt::CLIENT_WRITE_STDOUT => write_out(&mut std::io::stdout(), &p.payload)?,
-                    pt::CLIENT_WRITE_STDERR => write_out(&mut std::io::stderr(), &p.payload)?,
+                    // Dropped, as `hoop connect` drops it (its receive switch has no stderr
+                    // case, hoop-gateway-protocol.md §3.4), so tests see what users see.
+                    pt::CLIENT_WRITE_STDERR => {
+                        tracing::debug!(bytes = p.payload.len(), "ClientWriteStderr dropped in a terminal session, as hoop connect does");
+                    }
                     pt::CLIENT_SESSION_CLOSE => {
                         return Ok(TerminalOutcome {
                             session_id,

@@ -19,10 +19,11 @@ use std::time::Duration;
 use agent::{Agent, AgentConfig, Router};
 use backend_local::{LocalBackend, LocalConfig};
 use dynogw::{AgentDef, ConnectionDef, Gateway, GatewayConfig, RunningGateway};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio_util::sync::CancellationToken;
 
-const WAIT: Duration = Duration::from_secs(20);
+mod common;
+use common::{WAIT, read_until};
 const BIN: &str = env!("CARGO_BIN_EXE_dynoctl");
 
 struct Setup {
@@ -237,32 +238,6 @@ async fn connect_needs_a_tty() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("could not allocate a tty"));
     s.finish().await;
-}
-
-/// Reads the PTY until `needle` appears; returns (and forgets) everything up to and including it.
-async fn read_until(
-    pty: &mut pty_process::OwnedReadPty,
-    seen: &mut Vec<u8>,
-    needle: &str,
-) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(pos) = seen
-            .windows(needle.len())
-            .position(|w| w == needle.as_bytes())
-        {
-            let upto: Vec<u8> = seen.drain(..pos + needle.len()).collect();
-            return String::from_utf8_lossy(&upto).into_owned();
-        }
-        match tokio::time::timeout_at(deadline, pty.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
-            other => panic!(
-                "{needle:?} did not appear ({other:?}); got {:?}",
-                String::from_utf8_lossy(seen)
-            ),
-        }
-    }
 }
 
 #[tokio::test]
