@@ -9,14 +9,12 @@
     clippy::print_stderr
 )]
 
-mod common;
-
 use std::time::Duration;
 
+use backend::testing::{env, start};
 use backend::{Input, Mode, SessionEnv, TermSize};
 use backend_psexec::{PsexecBackend, PsexecConfig};
 use bytes::Bytes;
-use common::{env, start};
 use heroku_api::{ApiKey, ClientConfig, HerokuClient};
 use herokusim::{AppConfig, DynoConfig, RunningSim, Sim, SimConfig};
 

@@ -12,6 +12,8 @@
 pub mod duplex;
 pub mod env;
 mod io;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 use std::fmt;
 
