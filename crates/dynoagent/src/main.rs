@@ -35,11 +35,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Dev { listen, audit_db }) = cli.command {
-        return dev(devstack::DevOptions {
-            listen,
-            audit_db,
-            ..devstack::DevOptions::default()
-        });
+        return dev(listen, audit_db);
     }
     let config = match AgentConfig::from_process_env(VERSION) {
         Ok(config) => config,
@@ -126,7 +122,26 @@ async fn run(config: AgentConfig) -> ExitCode {
     }
 }
 
-fn dev(options: devstack::DevOptions) -> ExitCode {
+/// `dynoagent dev` in a build without the development stack (the deploy build leaves the
+/// Heroku emulator and the development gateway out of the agent it ships).
+#[cfg(not(feature = "dev"))]
+fn dev(_listen: std::net::SocketAddr, _audit_db: Option<std::path::PathBuf>) -> ExitCode {
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!(
+            "dynoagent dev: this build has no development stack (built without the `dev` feature, as deployed); run it from a source checkout: cargo run --release -p dynoagent -- dev"
+        );
+    }
+    ExitCode::from(2)
+}
+
+#[cfg(feature = "dev")]
+fn dev(listen: std::net::SocketAddr, audit_db: Option<std::path::PathBuf>) -> ExitCode {
+    let options = devstack::DevOptions {
+        listen,
+        audit_db,
+        ..devstack::DevOptions::default()
+    };
     // Human-readable warnings on stderr; stdout is for the instructions.
     let level = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "warn".into());
     let _ = agent::logging::init_stderr(&level);
