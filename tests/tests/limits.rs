@@ -203,11 +203,15 @@ impl Backend for Stubborn {
     }
     fn run(
         &self,
-        _request: SessionRequest,
-        _io: SessionIo,
+        request: SessionRequest,
+        io: SessionIo,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ExitStatus> + Send>> {
         self.started.notify_one();
-        Box::pin(std::future::pending())
+        Box::pin(async move {
+            // Holds the session (and its `filesystem:` files) for as long as it runs.
+            let _held = (request, io);
+            std::future::pending().await
+        })
     }
 }
 
@@ -252,14 +256,21 @@ async fn a_backend_that_ignores_close_is_abandoned_at_the_deadline() {
 
 /// Issue 14: one shutdown deadline shared by the engine's drain, the stream close and the
 /// final task wait. A session whose backend ignores the close must not stretch the shutdown
-/// past `DYNOAGENT_SHUTDOWN_TIMEOUT_SECS`.
+/// past `DYNOAGENT_SHUTDOWN_TIMEOUT_SECS`, and the `filesystem:` secret it still holds is
+/// removed with the agent's env directory.
 #[tokio::test]
 async fn shutdown_ends_within_its_one_deadline_even_with_a_stuck_session() {
     init_logs();
     let mut gw = FakeGateway::start("agent-stuck", "xagt-stuck-secret").await;
+    let dir = tempfile::tempdir().unwrap();
+    let env_dir = dir.path().join("env");
     let env: HashMap<String, String> = [
         ("HOOP_KEY".to_owned(), gw.dsn()),
         ("DYNOAGENT_SHUTDOWN_TIMEOUT_SECS".to_owned(), "8".to_owned()),
+        (
+            "DYNOAGENT_ENV_DIR".to_owned(),
+            env_dir.to_str().unwrap().to_owned(),
+        ),
     ]
     .into();
     let mut config = AgentConfig::from_sources(&env, agent::VERSION).unwrap();
@@ -272,7 +283,8 @@ async fn shutdown_ends_within_its_one_deadline_even_with_a_stuck_session() {
     let task = tokio::spawn(agent.run());
     let stream = gw.next_agent().await;
     let tag = Tag::new();
-    let (id, _replies) = open(&stream, Params::new(&["anything"], "exec", &tag)).await;
+    let params = Params::new(&["anything"], "exec", &tag).env("filesystem:KEY_FILE", "secret");
+    let (id, _replies) = open(&stream, params).await;
     stream
         .send(AgentPacket::ExecWriteStdin {
             session_id: id,
@@ -293,5 +305,10 @@ async fn shutdown_ends_within_its_one_deadline_even_with_a_stuck_session() {
     assert!(
         took <= Duration::from_secs(8),
         "shutdown took {took:?}, over its 8 s budget"
+    );
+    assert!(
+        !env_dir.exists(),
+        "the env directory is left: {:?}",
+        std::fs::read_dir(&env_dir).map(|d| d.count())
     );
 }

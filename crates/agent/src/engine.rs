@@ -332,7 +332,10 @@ async fn route(shared: &Shared, reg: &Registry, sid: SessionId, routed: Routed) 
     let until = tokio::time::Instant::now() + INPUT_STALL;
     let event = match routed {
         Routed::Event(event) => event,
-        Routed::Exec(data) | Routed::Terminal(data) if handle.events.is_closed() => {
+        // An ending session never reads its input: drop it rather than wait for budget.
+        Routed::Exec(data) | Routed::Terminal(data)
+            if handle.events.is_closed() || handle.is_ending() =>
+        {
             drop(data);
             return;
         }

@@ -78,6 +78,34 @@ impl Agent {
         {
             tracing::error!("some sessions were still ending at the shutdown deadline");
         }
-        let _ = std::fs::remove_dir(&self.config.env_file_dir);
+        remove_env_dir(&self.config.env_file_dir);
+    }
+}
+
+/// Removes the env directory at the end, with any `filesystem:` secret files a session that
+/// did not stop in time still holds. Only the agent's own files (`*.envfs`) are removed: the
+/// directory may be one an operator named (`DYNOAGENT_ENV_DIR`), so it is never removed
+/// recursively.
+fn remove_env_dir(dir: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let ours = path.extension().is_some_and(|e| e == "envfs")
+                && entry.file_type().is_ok_and(|t| t.is_file());
+            if ours && let Err(e) = std::fs::remove_file(&path) {
+                tracing::error!(path = %path.display(), error = %e, "cannot remove a secret file left by a session");
+            }
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        // An operator's directory that holds other files stays.
+        Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+            tracing::debug!(dir = %dir.display(), "the env directory holds other files; kept")
+        }
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the env directory")
+        }
     }
 }

@@ -75,6 +75,11 @@ struct Control {
 }
 
 impl SessionHandle {
+    /// Whether the session is ending: its input will never be read.
+    pub(crate) fn is_ending(&self) -> bool {
+        self.control.cancel.is_cancelled()
+    }
+
     /// Ends the session for `reason`. The first reason wins.
     pub(crate) fn end(&self, reason: EndReason) {
         if let Ok(mut slot) = self.control.reason.lock() {

@@ -75,20 +75,60 @@ impl Backend for LocalBackend {
         Box::pin(async move {
             let argv = match build_argv(&request) {
                 Ok(argv) => argv,
-                Err(status) => return status,
+                Err(e) => return e.into(),
             };
             let env = build_env(&request, &config);
-            match request.mode {
+            let ran = match request.mode {
                 Mode::Exec => run_exec(argv, env, io, config.kill_grace).await,
                 Mode::Terminal { size } => {
                     run_terminal(argv, env, size, io, config.kill_grace).await
                 }
-            }
+            };
+            ran.unwrap_or_else(ExitStatus::from)
         })
     }
 }
 
-fn build_argv(request: &SessionRequest) -> Result<Vec<String>, ExitStatus> {
+/// Why a local session failed on the agent's side. Mapped to its exit status in one place
+/// (`From<LocalError> for ExitStatus`): 127 when the program is not found, 1 for any other
+/// start failure, 254 for the rest.
+#[derive(Debug, thiserror::Error)]
+enum LocalError {
+    #[error("the connection has no command to run; set its command in the gateway")]
+    NoCommand,
+    #[error("failed starting command, reason={program}: command not found")]
+    NotFound { program: String },
+    #[error("failed starting command, reason={program}: {reason}")]
+    Start { program: String, reason: String },
+    #[error("cannot allocate a terminal: {0}")]
+    Pty(String),
+    #[error("cannot size the terminal: {0}")]
+    Size(String),
+    #[error("the process exited before it could be tracked")]
+    Untracked,
+    #[error("cannot open the process's pipes")]
+    Pipes,
+    #[error("cannot wait for the process: {0}")]
+    Wait(std::io::Error),
+    #[error("session closed")]
+    Closed,
+}
+
+impl From<LocalError> for ExitStatus {
+    fn from(e: LocalError) -> ExitStatus {
+        let code = match e {
+            LocalError::NotFound { .. } => 127,
+            LocalError::Start { .. } => 1,
+            _ => backend::INTERNAL_EXIT_CODE,
+        };
+        ExitStatus {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn build_argv(request: &SessionRequest) -> Result<Vec<String>, LocalError> {
     let mut argv = Vec::with_capacity(request.command.len() + request.args.len());
     for (i, part) in request.command.iter().enumerate() {
         // hoop expands session variables in the connection's command, except argv[0]. The
@@ -101,9 +141,7 @@ fn build_argv(request: &SessionRequest) -> Result<Vec<String>, ExitStatus> {
     }
     argv.extend(request.args.iter().cloned());
     if argv.first().is_none_or(String::is_empty) {
-        return Err(ExitStatus::internal(
-            "the connection has no command to run; set its command in the gateway",
-        ));
+        return Err(LocalError::NoCommand);
     }
     Ok(argv)
 }
@@ -126,16 +164,15 @@ fn build_env(request: &SessionRequest, config: &LocalConfig) -> Vec<(OsString, O
     env
 }
 
-fn start_failure(program: &str, e: &std::io::Error) -> ExitStatus {
+fn start_failure(program: &str, e: &std::io::Error) -> LocalError {
     if e.kind() == std::io::ErrorKind::NotFound {
-        ExitStatus {
-            code: 127,
-            message: format!("failed starting command, reason={program}: command not found"),
+        LocalError::NotFound {
+            program: program.to_owned(),
         }
     } else {
-        ExitStatus {
-            code: 1,
-            message: format!("failed starting command, reason={program}: {e}"),
+        LocalError::Start {
+            program: program.to_owned(),
+            reason: e.to_string(),
         }
     }
 }
@@ -166,7 +203,7 @@ async fn run_exec(
     env: Vec<(OsString, OsString)>,
     io: SessionIo,
     grace: Duration,
-) -> ExitStatus {
+) -> Result<ExitStatus, LocalError> {
     let SessionIo {
         mut input,
         stdout: out_sink,
@@ -176,7 +213,7 @@ async fn run_exec(
     } = io;
     let (program, args) = match argv.split_first() {
         Some(split) => split,
-        None => return ExitStatus::internal("empty command"),
+        None => return Err(LocalError::NoCommand),
     };
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
@@ -189,20 +226,20 @@ async fn run_exec(
         .kill_on_drop(true);
     let mut child = match cmd.spawn() {
         Ok(child) => child,
-        Err(e) => return start_failure(program, &e),
+        Err(e) => return Err(start_failure(program, &e)),
     };
     let Some(pgid) = child
         .id()
         .and_then(|id| i32::try_from(id).ok())
         .map(Pid::from_raw)
     else {
-        return ExitStatus::internal("the process exited before it could be tracked");
+        return Err(LocalError::Untracked);
     };
     let (Some(stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
         terminate(&mut child, pgid, grace).await;
-        return ExitStatus::internal("cannot open the process's pipes");
+        return Err(LocalError::Pipes);
     };
     let ending = duplex::drive_with_exit(
         &cancel,
@@ -230,19 +267,18 @@ async fn finish(
     child: &mut Child,
     pgid: Pid,
     grace: Duration,
-) -> ExitStatus {
+) -> Result<ExitStatus, LocalError> {
     let status = match ending {
         ExitEnding::Cancelled => {
             terminate(child, pgid, grace).await;
-            return ExitStatus::internal("session closed");
+            return Err(LocalError::Closed);
         }
         ExitEnding::Exited { exit, .. } => exit,
     };
     signal_group(pgid, Signal::SIGKILL);
-    match status {
-        Ok(s) => ExitStatus::from_process(s),
-        Err(e) => ExitStatus::internal(format!("cannot wait for the process: {e}")),
-    }
+    status
+        .map(ExitStatus::from_process)
+        .map_err(LocalError::Wait)
 }
 
 /// A terminal's input side: keystrokes to the PTY, resizes applied to it. A terminal has no
@@ -275,7 +311,7 @@ async fn run_terminal(
     size: TermSize,
     io: SessionIo,
     grace: Duration,
-) -> ExitStatus {
+) -> Result<ExitStatus, LocalError> {
     let SessionIo {
         mut input,
         stdout: out_sink,
@@ -284,14 +320,14 @@ async fn run_terminal(
     } = io;
     let (program, args) = match argv.split_first() {
         Some(split) => split,
-        None => return ExitStatus::internal("empty command"),
+        None => return Err(LocalError::NoCommand),
     };
     let (pty, pts) = match pty_process::open() {
         Ok(pair) => pair,
-        Err(e) => return ExitStatus::internal(format!("cannot allocate a terminal: {e}")),
+        Err(e) => return Err(LocalError::Pty(e.to_string())),
     };
     if let Err(e) = pty.resize(pty_size(size)) {
-        return ExitStatus::internal(format!("cannot size the terminal: {e}"));
+        return Err(LocalError::Size(e.to_string()));
     }
     let cmd = pty_process::Command::new(program)
         .args(args)
@@ -300,12 +336,12 @@ async fn run_terminal(
         .kill_on_drop(true);
     let mut child = match cmd.spawn(pts) {
         Ok(child) => child,
-        Err(pty_process::Error::Io(e)) => return start_failure(program, &e),
+        Err(pty_process::Error::Io(e)) => return Err(start_failure(program, &e)),
         Err(e) => {
-            return ExitStatus {
-                code: 1,
-                message: format!("failed starting command, reason={program}: {e}"),
-            };
+            return Err(LocalError::Start {
+                program: program.to_owned(),
+                reason: e.to_string(),
+            });
         }
     };
     // The child is a session leader, so its pid is also its process group id.
@@ -314,7 +350,7 @@ async fn run_terminal(
         .and_then(|id| i32::try_from(id).ok())
         .map(Pid::from_raw)
     else {
-        return ExitStatus::internal("the process exited before it could be tracked");
+        return Err(LocalError::Untracked);
     };
     let (reader, writer) = pty.into_split();
     let ending = duplex::drive_with_exit(

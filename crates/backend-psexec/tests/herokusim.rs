@@ -9,14 +9,12 @@
     clippy::print_stderr
 )]
 
-mod common;
-
 use std::time::Duration;
 
+use backend::testing::{env, start};
 use backend::{Input, Mode, SessionEnv, TermSize};
 use backend_psexec::{PsexecBackend, PsexecConfig};
 use bytes::Bytes;
-use common::{env, start};
 use heroku_api::{ApiKey, ClientConfig, HerokuClient};
 use herokusim::{AppConfig, DynoConfig, RunningSim, Sim, SimConfig};
 
@@ -93,14 +91,8 @@ fn client(sim: &RunningSim) -> HerokuClient {
 
 /// Waits (bounded) until the emulator runs exactly `n` processes: a session leaves none.
 async fn wait_processes(sim: &RunningSim, n: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while sim.live_process_groups().len() != n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "processes left behind: {:?}",
-            sim.live_process_groups()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    if let Err(left) = sim.wait_process_groups(n, Duration::from_secs(10)).await {
+        panic!("processes left behind: {left:?}");
     }
 }
 

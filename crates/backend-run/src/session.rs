@@ -184,14 +184,20 @@ pub(crate) async fn run(config: RunConfig, request: SessionRequest, io: SessionI
     };
     let dyno = match created {
         Some(Ok(d)) => d,
-        Some(Err(e)) => return ExitStatus::internal(e.to_string()),
+        Some(Err(e)) => {
+            stop_unanswered_create(&config, &client, &run_args.app, &nonce, &e).await;
+            return ExitStatus::internal(e.to_string());
+        }
         None => {
             // The request may already have created the dyno: let it finish (bounded by the
             // API client's timeout and attempts) and stop what it made, so nothing is left
             // running and billing.
-            if let Ok(d) = create.await {
-                tracing::info!(app = %run_args.app, dyno = %d.name, "session closed during dyno create: stopping the new dyno");
-                stop_dyno(&config, &client, &run_args.app, &d.name).await;
+            match create.await {
+                Ok(d) => {
+                    tracing::info!(app = %run_args.app, dyno = %d.name, "session closed during dyno create: stopping the new dyno");
+                    stop_dyno(&config, &client, &run_args.app, &d.name).await;
+                }
+                Err(e) => stop_unanswered_create(&config, &client, &run_args.app, &nonce, &e).await,
             }
             return ExitStatus::internal("session closed");
         }
@@ -215,6 +221,37 @@ pub(crate) async fn run(config: RunConfig, request: SessionRequest, io: SessionI
     // leave one running and billing.
     stop_dyno(&config, &client, &run_args.app, &dyno.name).await;
     status
+}
+
+/// After a create that failed without a clear refusal (a timeout, a dropped connection, a
+/// server error), the dyno may exist although its answer never came: find it by the session's
+/// marker nonce in its command and stop it. Bounded by `stop_timeout`.
+async fn stop_unanswered_create(
+    config: &RunConfig,
+    client: &HerokuClient,
+    app: &str,
+    nonce: &str,
+    error: &heroku_api::HerokuError,
+) {
+    if error.api().is_some_and(|a| a.status < 500) {
+        // Heroku answered with a refusal (409, 422, 429, ...): nothing was created.
+        return;
+    }
+    let dynos = match tokio::time::timeout(config.stop_timeout, client.dynos(app)).await {
+        Ok(Ok(dynos)) => dynos,
+        Ok(Err(e)) => {
+            tracing::warn!(%app, error = %e, "cannot list dynos after a failed create; a one-off dyno may be left running");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%app, "timed out listing dynos after a failed create; a one-off dyno may be left running");
+            return;
+        }
+    };
+    for dyno in dynos.iter().filter(|d| d.command.contains(nonce)) {
+        tracing::info!(%app, dyno = %dyno.name, "stopping the one-off dyno of a create whose answer never came");
+        stop_dyno(config, client, app, &dyno.name).await;
+    }
 }
 
 /// Stops (deletes) a one-off dyno, bounded by `stop_timeout`; a dyno already gone is fine.

@@ -13,6 +13,8 @@ pub mod duplex;
 pub mod env;
 pub mod file;
 mod io;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 use std::fmt;
 

@@ -56,24 +56,8 @@ fn main() -> ExitCode {
             listen,
             insecure_listen,
             audit_db,
-        }) => {
-            // The hints `dev` prints run this very binary's `ctl`: no second build needed.
-            let client_command = std::env::current_exe()
-                .map(|exe| format!("{} ctl", exe.display()))
-                .unwrap_or_else(|_| "dynoagent ctl".to_owned());
-            return dev(devstack::DevOptions {
-                listen,
-                insecure_listen,
-                audit_db,
-                client_command,
-                ..devstack::DevOptions::default()
-            });
-        }
-        Some(Command::Ctl { args }) => {
-            return dynoctl::cli::main_from(
-                std::iter::once(std::ffi::OsString::from("dynoagent ctl")).chain(args),
-            );
-        }
+        }) => return dev(listen, insecure_listen, audit_db),
+        Some(Command::Ctl { args }) => return ctl(args),
         None => {}
     }
     let config = match AgentConfig::from_process_env(VERSION) {
@@ -167,7 +151,58 @@ async fn run(config: AgentConfig) -> ExitCode {
     }
 }
 
-fn dev(options: devstack::DevOptions) -> ExitCode {
+/// `dynoagent dev` in a build without the development stack (the deploy build leaves the
+/// Heroku emulator and the development gateway out of the agent it ships).
+#[cfg(not(feature = "dev"))]
+fn dev(
+    _listen: std::net::SocketAddr,
+    _insecure_listen: bool,
+    _audit_db: Option<std::path::PathBuf>,
+) -> ExitCode {
+    without_dev("dynoagent dev")
+}
+
+/// `dynoagent ctl` in a build without the development stack.
+#[cfg(not(feature = "dev"))]
+fn ctl(_args: Vec<std::ffi::OsString>) -> ExitCode {
+    without_dev("dynoagent ctl")
+}
+
+#[cfg(not(feature = "dev"))]
+fn without_dev(what: &str) -> ExitCode {
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!(
+            "{what}: this build has no development stack (built without the `dev` feature, as deployed); run it from a source checkout: cargo run --release -p dynoagent -- dev"
+        );
+    }
+    ExitCode::from(2)
+}
+
+/// `dynoagent ctl`: the development client (`dynoctl`), so that the hints `dev` prints run
+/// with no second build.
+#[cfg(feature = "dev")]
+fn ctl(args: Vec<std::ffi::OsString>) -> ExitCode {
+    dynoctl::cli::main_from(std::iter::once(std::ffi::OsString::from("dynoagent ctl")).chain(args))
+}
+
+#[cfg(feature = "dev")]
+fn dev(
+    listen: std::net::SocketAddr,
+    insecure_listen: bool,
+    audit_db: Option<std::path::PathBuf>,
+) -> ExitCode {
+    // The hints `dev` prints run this very binary's `ctl`: no second build needed.
+    let client_command = std::env::current_exe()
+        .map(|exe| format!("{} ctl", exe.display()))
+        .unwrap_or_else(|_| "dynoagent ctl".to_owned());
+    let options = devstack::DevOptions {
+        listen,
+        insecure_listen,
+        audit_db,
+        client_command,
+        ..devstack::DevOptions::default()
+    };
     // Human-readable warnings on stderr; stdout is for the instructions.
     let level = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "warn".into());
     let _ = agent::logging::init_stderr(&level);

@@ -390,6 +390,19 @@ impl RunningSim {
         self.shared.state().created.clone()
     }
 
+    /// Waits (at most `limit`) until exactly `n` process groups are live, by notification
+    /// from the process table; on timeout, returns the groups still live.
+    pub async fn wait_process_groups(
+        &self,
+        n: usize,
+        limit: std::time::Duration,
+    ) -> Result<(), Vec<i32>> {
+        let mut count = self.shared.procs.watch_count();
+        match tokio::time::timeout(limit, count.wait_for(|c| *c == n)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(self.live_process_groups()),
+        }
+    }
     /// `(name, state)` of every dyno of `app`, as the API lists them.
     pub fn dyno_states(&self, app: &str) -> Vec<(String, String)> {
         self.shared

@@ -19,9 +19,20 @@ use tokio::net::unix::pipe;
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 
 /// Process groups started by this emulator and not yet reaped.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct ProcessTable {
     groups: Arc<Mutex<HashSet<i32>>>,
+    /// The number of tracked groups, for tests that wait for a count instead of polling.
+    count: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl Default for ProcessTable {
+    fn default() -> Self {
+        ProcessTable {
+            groups: Arc::default(),
+            count: Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
 }
 
 impl ProcessTable {
@@ -29,13 +40,25 @@ impl ProcessTable {
         self.groups.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn publish(&self, groups: &HashSet<i32>) {
+        self.count.send_replace(groups.len());
+    }
+
     /// Starts tracking a group; the guard kills and forgets it when dropped.
     pub fn track(&self, pgid: i32) -> GroupGuard {
-        self.lock().insert(pgid);
+        let mut groups = self.lock();
+        groups.insert(pgid);
+        self.publish(&groups);
+        drop(groups);
         GroupGuard {
             pgid,
             table: self.clone(),
         }
+    }
+
+    /// The number of tracked groups, as it changes.
+    pub fn watch_count(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.count.subscribe()
     }
 
     /// The groups (leader pids) currently tracked.
@@ -73,7 +96,9 @@ impl GroupGuard {
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         signal_group(self.pgid, Signal::SIGKILL);
-        self.table.lock().remove(&self.pgid);
+        let mut groups = self.table.lock();
+        groups.remove(&self.pgid);
+        self.table.publish(&groups);
     }
 }
 

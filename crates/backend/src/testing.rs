@@ -1,25 +1,28 @@
-//! A driver for psexec end-to-end tests: runs `Backend::run` with in-memory output sinks and
-//! an input channel, as the agent's session task does.
+//! Test support for backends (feature `test-support`, dev-only): runs `Backend::run` as the
+//! agent's session task does, with in-memory output sinks, an input channel and a
+//! cancellation token, and waits on output by notification rather than by polling.
+//!
+//! It is shared by the backends' end-to-end tests; nothing in a shipped build uses it.
 
 #![allow(
-    dead_code,
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    clippy::print_stderr
+    missing_debug_implementations
 )]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backend::{
-    Backend, ExitStatus, Input, Mode, OutputSink, OutputTarget, SessionEnv, SessionId, SessionIo,
-    SessionReport, SessionRequest, SinkClosed, StreamKind,
-};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Backend, ExitStatus, Input, Mode, OutputSink, OutputTarget, SessionEnv, SessionId, SessionIo,
+    SessionReport, SessionRequest, SinkClosed, StreamKind,
+};
 
 /// Output collected from a session.
 #[derive(Default)]
@@ -149,7 +152,7 @@ pub fn start(
 pub fn env(vars: &[(&str, &str)]) -> SessionEnv {
     let mut env = SessionEnv::default();
     for (k, v) in vars {
-        env.set(k, *v);
+        env.set_from_connection(k, *v);
     }
     env
 }
