@@ -25,7 +25,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hoop_gob::AgentConnectionParams;
 use hoop_wire::pb::{WirePacket, WireSpecEntry};
-use hoop_wire::spec::{MAX_INBOUND_MESSAGE_SIZE, MAX_MESSAGE_SIZE, key, packet_type as pt};
+use hoop_wire::spec::{
+    CONNECTION_TYPE_COMMAND_LINE, MAX_INBOUND_MESSAGE_SIZE, MAX_MESSAGE_SIZE, key,
+    packet_type as pt,
+};
 use hoop_wire::{AgentPacket, ClientPacket, SessionId};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -682,7 +685,8 @@ fn fresh_sid() -> SessionId {
 /// sessions it opens must never receive input (they only wait to be closed).
 ///
 /// The mix, by position: an oversized payload for an unknown session at 3 positions and for
-/// `victim` at one; an 8 MiB garbage gob at one; a lenient open every 100th packet; the rest
+/// `victim` at one; an 8 MiB garbage gob at one; a lenient open (valid type, invalid UTF-8
+/// elsewhere) every 100th packet; the rest
 /// cycles through bad types, missing, invalid, over-long and control-character session ids,
 /// garbage and truncated gob, invalid UTF-8 in every gob string field and in the client env,
 /// bad resizes for `live`, bad feature flags, a second open for `live`, unknown types for
@@ -742,7 +746,12 @@ pub fn malformed_flood(
                     pt::AGENT_SESSION_OPEN.as_bytes(),
                     vec![
                         (key::SESSION_ID.as_bytes(), sid_bytes(&sid)),
-                        (key::CONNECTION_TYPE.as_bytes(), bad(12)),
+                        // The type must be exactly `command-line` (any other is refused at
+                        // open, hoop-gateway-protocol.md §3.6); the rest is invalid UTF-8.
+                        (
+                            key::CONNECTION_TYPE.as_bytes(),
+                            Bytes::from_static(CONNECTION_TYPE_COMMAND_LINE.as_bytes()),
+                        ),
                         (key::CONNECTION_PARAMS.as_bytes(), good_params.clone()),
                         (key::REQUEST_PORT.as_bytes(), port),
                         (&invalid_utf8(9), bad(9)),

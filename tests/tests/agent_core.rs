@@ -609,10 +609,12 @@ async fn shutdown_closes_live_sessions_with_254_and_ends_the_stream() {
     tag.assert_no_processes();
 }
 
-/// The gateway's gob bytes as Go's `encoding/gob` wrote them (crates/hoop-gob/fixtures).
+/// The gateway's gob bytes as Go's `encoding/gob` wrote them (crates/hoop-gob/fixtures). The
+/// fixture fills every field, guardrail rules included, so the operator's opt-out lets it run
+/// (without it the session is refused at open: see `real_hoop.rs`).
 #[tokio::test]
 async fn decodes_session_opens_built_from_go_gob_fixtures() {
-    let (_gw, mut agent, stream) = setup(&[]).await;
+    let (_gw, mut agent, stream) = setup(&[("DYNOAGENT_ALLOW_UNENFORCED_POLICIES", "true")]).await;
     let id = sid();
     let mut replies = stream.watch_session(&id);
     let fixture = |name: &str| {

@@ -916,7 +916,14 @@ async fn heroku_api_429_and_5xx_storms(suite: Arc<Suite>) {
         retry_after_secs: 1,
         ..Faults::default()
     });
-    let out = exec_once(&stream, run_params(&tag, &sim, "exec", "echo never"), b"").await;
+    // --no-launcher: no app lookup first, so the storm meets the create itself.
+    let no_lookup = run_params(&tag, &sim, "exec", "echo never").args(&[
+        "--app",
+        "demo",
+        "--no-launcher",
+        "echo never",
+    ]);
+    let out = exec_once(&stream, no_lookup, b"").await;
     let used = consumed(STORM, sim.faults().rate_limited);
     assert_eq!(used, 3, "create attempts");
     assert_eq!(out.exit_code, Some(254), "{}", out.message);

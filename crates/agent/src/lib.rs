@@ -83,17 +83,22 @@ impl Agent {
 }
 
 /// Removes the env directory at the end, with any `filesystem:` secret files a session that
-/// did not stop in time still holds. Only the agent's own files (`*.envfs`) are removed: the
-/// directory may be one an operator named (`DYNOAGENT_ENV_DIR`), so it is never removed
-/// recursively.
+/// did not stop in time still holds. Only the agent's own files are removed (`*.envfs`, in
+/// the per-session directories named by a UUID, or directly in the directory): it may be one
+/// an operator named (`DYNOAGENT_ENV_DIR`), so it is never removed recursively.
 fn remove_env_dir(dir: &std::path::Path) {
+    remove_secret_files(dir);
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
             let path = entry.path();
-            let ours = path.extension().is_some_and(|e| e == "envfs")
-                && entry.file_type().is_ok_and(|t| t.is_file());
-            if ours && let Err(e) = std::fs::remove_file(&path) {
-                tracing::error!(path = %path.display(), error = %e, "cannot remove a secret file left by a session");
+            let session_dir = entry.file_type().is_ok_and(|t| t.is_dir())
+                && entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| uuid::Uuid::parse_str(n).is_ok());
+            if session_dir {
+                remove_secret_files(&path);
+                let _ = std::fs::remove_dir(&path);
             }
         }
     }
@@ -106,6 +111,21 @@ fn remove_env_dir(dir: &std::path::Path) {
         }
         Err(e) => {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the env directory")
+        }
+    }
+}
+
+/// Removes the agent's own secret files (`*.envfs`, regular files) directly in `dir`.
+fn remove_secret_files(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let ours = path.extension().is_some_and(|e| e == "envfs")
+            && entry.file_type().is_ok_and(|t| t.is_file());
+        if ours && let Err(e) = std::fs::remove_file(&path) {
+            tracing::error!(path = %path.display(), error = %e, "cannot remove a secret file left by a session");
         }
     }
 }

@@ -195,7 +195,22 @@ async fn terminate(child: &mut Child, pgid: Pid, grace: Duration) {
         let _ = child.wait().await;
     }
     // Whatever else is left in the group (children that ignored SIGTERM) goes too.
+    kill_rest(pgid).await;
+}
+
+/// How long a session's end waits for the rest of its process group to be gone after SIGKILL.
+/// Signals are delivered asynchronously: without the wait, a background child could still be
+/// running for a moment after the session reported its end. Zombies (whose reaper is not the
+/// agent) keep the group alive for `kill(2)`, hence the bound.
+const GROUP_GONE_WAIT: Duration = Duration::from_millis(200);
+
+/// SIGKILL to what is left of the group, then a short bounded wait until the group is gone.
+async fn kill_rest(pgid: Pid) {
     signal_group(pgid, Signal::SIGKILL);
+    let deadline = tokio::time::Instant::now() + GROUP_GONE_WAIT;
+    while killpg(pgid, None).is_ok() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 async fn run_exec(
@@ -275,7 +290,7 @@ async fn finish(
         }
         ExitEnding::Exited { exit, .. } => exit,
     };
-    signal_group(pgid, Signal::SIGKILL);
+    kill_rest(pgid).await;
     status
         .map(ExitStatus::from_process)
         .map_err(LocalError::Wait)

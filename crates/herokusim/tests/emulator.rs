@@ -260,7 +260,8 @@ async fn auth_errors_and_headers_on_every_response() {
         .await
         .unwrap();
     assert_eq!(app["name"], "demo");
-    assert_eq!(app["generation"], "cedar");
+    // `version=3` (this helper's Accept): the object shape (heroku-protocols.md §1.5).
+    assert_eq!(app["generation"]["name"], "cedar");
     assert!(app["stack"]["name"].is_string() && app["build_stack"]["name"].is_string());
     assert!(app["space"].is_null());
     let rl = api(&sim, reqwest::Method::GET, "/account/rate-limits", None).await;
