@@ -107,8 +107,12 @@ impl Env {
     }
 
     fn one_off_dynos(&self) -> Vec<(String, String)> {
+        self.one_off_dynos_of("demo")
+    }
+
+    fn one_off_dynos_of(&self, app: &str) -> Vec<(String, String)> {
         self.sim
-            .dyno_states("demo")
+            .dyno_states(app)
             .into_iter()
             .filter(|(name, _)| name.starts_with("run."))
             .collect()
@@ -123,12 +127,7 @@ impl Env {
     async fn finish_apps(mut self, apps: &[&str]) {
         self.agent.wait_idle().await;
         for app in apps {
-            let left: Vec<_> = self
-                .sim
-                .dyno_states(app)
-                .into_iter()
-                .filter(|(name, _)| name.starts_with("run."))
-                .collect();
+            let left = self.one_off_dynos_of(app);
             assert!(left.is_empty(), "one-off dynos left on {app}: {left:?}");
         }
         assert!(

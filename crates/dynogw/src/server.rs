@@ -296,15 +296,22 @@ impl RunningGateway {
 
     /// Waits until agent `name` is connected; `false` after `timeout`.
     pub async fn wait_for_agent(&self, name: &str, timeout: Duration) -> bool {
+        self.wait_for_agents(timeout, |hub| hub.agent(name).is_some())
+            .await
+    }
+
+    /// Waits until `done` holds, re-checking at every agent registration or stream end;
+    /// `false` after `timeout`.
+    async fn wait_for_agents(&self, timeout: Duration, done: impl Fn(&Hub) -> bool) -> bool {
         let mut changes = self.hub.agent_changes();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if self.hub.agent(name).is_some() {
+            if done(&self.hub) {
                 return true;
             }
             match tokio::time::timeout_at(deadline, changes.changed()).await {
                 Ok(Ok(())) => {}
-                _ => return self.hub.agent(name).is_some(),
+                _ => return done(&self.hub),
             }
         }
     }
@@ -361,17 +368,8 @@ impl RunningGateway {
 
     /// Waits until agent `name` is not connected; `false` after `timeout`.
     pub async fn wait_for_agent_gone(&self, name: &str, timeout: Duration) -> bool {
-        let mut changes = self.hub.agent_changes();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if self.hub.agent(name).is_none() {
-                return true;
-            }
-            match tokio::time::timeout_at(deadline, changes.changed()).await {
-                Ok(Ok(())) => {}
-                _ => return self.hub.agent(name).is_none(),
-            }
-        }
+        self.wait_for_agents(timeout, |hub| hub.agent(name).is_none())
+            .await
     }
 
     /// Waits until every change queued so far is committed to the audit database.

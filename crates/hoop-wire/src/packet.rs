@@ -455,8 +455,8 @@ impl AgentPacket {
             pt::AGENT_SESSION_CLOSE => AgentPacket::SessionClose {
                 session_id: need_sid()?,
             },
-            t if SysKind::from_request_type(t).is_some() => AgentPacket::SysRequest {
-                kind: SysKind::from_request_type(t).unwrap_or(SysKind::BareExec),
+            t if let Some(kind) = SysKind::from_request_type(t) => AgentPacket::SysRequest {
+                kind,
                 request_id: need_sid()?,
                 payload: p.payload_bytes().clone(),
             },
@@ -658,8 +658,8 @@ impl ClientPacket {
                 session_id,
                 message: p.payload_bytes().clone(),
             },
-            t if SysKind::from_response_type(t).is_some() => ClientPacket::SysResponse {
-                kind: SysKind::from_response_type(t).unwrap_or(SysKind::BareExec),
+            t if let Some(kind) = SysKind::from_response_type(t) => ClientPacket::SysResponse {
+                kind,
                 request_id: session_id,
                 payload: p.payload_bytes().clone(),
             },
