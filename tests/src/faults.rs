@@ -206,6 +206,8 @@ struct RelayState {
     upstream: Option<SocketAddr>,
     accepts: Vec<Instant>,
     links: Vec<tokio::task::AbortHandle>,
+    /// Fires when the connections forwarded so far stop forwarding (`blackhole`).
+    freeze: tokio_util::sync::CancellationToken,
 }
 
 /// A loopback TCP relay. With an upstream it forwards each connection to it; without one it
@@ -240,10 +242,20 @@ impl Relay {
                     drop(inbound);
                     continue;
                 };
+                let freeze = st.freeze.clone();
                 let link = tokio::spawn(async move {
                     let mut inbound = inbound;
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let frozen = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+                        () = freeze.cancelled() => true,
+                    };
+                    if frozen {
+                        // Both sockets stay open and unread until `sever` or drop aborts this
+                        // task: the kernel still acknowledges what the peers send.
+                        std::future::pending::<()>().await;
                     }
                 });
                 st.links.retain(|l| !l.is_finished());
@@ -262,6 +274,16 @@ impl Relay {
     pub fn set_upstream(&self, upstream: Option<SocketAddr>) {
         if let Ok(mut st) = self.state.lock() {
             st.upstream = upstream;
+        }
+    }
+
+    /// Stops forwarding on every live connection without closing either side, as when a
+    /// stateful middlebox or the gateway's host freezes: nothing more arrives, nothing fails.
+    /// Connections accepted afterwards are forwarded as usual.
+    pub fn blackhole(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            st.freeze.cancel();
+            st.freeze = tokio_util::sync::CancellationToken::new();
         }
     }
 

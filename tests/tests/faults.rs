@@ -117,6 +117,11 @@ fn scenarios() -> Vec<Scenario> {
             limit: Duration::from_secs(60),
             run: |s| Box::pin(user_boundary_attacks_leak_nothing(s)),
         },
+        Scenario {
+            name: "blackholed_gateway_link",
+            limit: Duration::from_secs(60),
+            run: |s| Box::pin(blackholed_gateway_link(s)),
+        },
     ]
 }
 
@@ -1515,4 +1520,90 @@ async fn user_boundary_attacks_leak_nothing(suite: Arc<Suite>) {
         cases.len()
     ));
     agent.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenario: the gateway link goes silent without closing
+// ---------------------------------------------------------------------------------------------
+
+/// The link to the gateway is blackholed: a relay between them stops forwarding but keeps both
+/// sockets open, so no FIN, no RST and no gRPC status ever arrives and the kernel still
+/// acknowledges what the agent writes (its `GatewayKeepAlive`s included). Only the HTTP/2
+/// PING can notice. With the PING at 1 s and its timeout at 2 s, the agent drops the link,
+/// ends the exec and terminal sessions it had (254 in their audit
+/// lines, processes gone) and redials; once the gateway's side of the dead link is gone, the
+/// new stream serves. Without the PING the sessions stay
+/// up forever: `FAULTS_BLACKHOLE_PING_SECS=0` turns the PING off, and the scenario fails.
+async fn blackholed_gateway_link(suite: Arc<Suite>) {
+    let tag = suite.tag();
+    let (name, secret) = gateway_credentials(&suite);
+    let mut gw = FakeGateway::start(&name, &secret).await;
+    let relay = Relay::start(Some(gw.addr())).await;
+    let dsn = format!("grpc://{name}:{secret}@{}?mode=standard", relay.addr());
+    let ping = std::env::var("FAULTS_BLACKHOLE_PING_SECS").unwrap_or_else(|_| "1".into());
+    let mut agent = TestAgent::start(
+        &dsn,
+        &[
+            ("DYNOAGENT_GATEWAY_PING_SECS", ping.as_str()),
+            ("DYNOAGENT_GATEWAY_PING_TIMEOUT_SECS", "2"),
+        ],
+    );
+    let stream = gw.next_agent().await;
+    let (exec_id, mut exec) = open(
+        &stream,
+        Params::new(&["sh", "-c", "echo ready; exec sleep 100"], "exec", &tag),
+    )
+    .await;
+    start_exec(&stream, &exec_id, b"").await;
+    wait_stdout(&mut exec, "ready").await;
+    let (term_id, mut term) = open(
+        &stream,
+        Params::new(&["sh", "-c", "echo ready; exec sleep 100"], "connect", &tag),
+    )
+    .await;
+    start_terminal(&stream, &term_id).await;
+    wait_stdout(&mut term, "ready").await;
+    assert_eq!(tag.processes().len(), 2, "each session runs its process");
+
+    let mark = suite.logs.mark();
+    let accepted_before = relay.accepts().len();
+    let blackholed_at = Instant::now();
+    relay.blackhole();
+
+    agent.wait_idle().await;
+    let detected_after = blackholed_at.elapsed();
+    tag.assert_no_processes();
+    let logs = suite.logs.text_since(mark);
+    for id in [&exec_id, &term_id] {
+        let line = audit_line(&logs, id).unwrap_or_else(|| panic!("no audit line for {id}"));
+        assert!(line.contains("exit_code=254"), "{line}");
+    }
+    // hyper closes the connection on the PING timeout; the stream only sees it go
+    // ("stream closed because of a broken pipe"), which troubleshooting.md explains.
+    assert!(
+        logs.contains("the gateway stream failed"),
+        "the agent must say why the sessions ended"
+    );
+
+    // The gateway still holds the old stream (the relay keeps its socket open), so it answers
+    // the agent's redials with "agent already connected" and the agent waits on standby, as
+    // with hoop's gateway until its side of the dead link times out. Model that moment: the
+    // frozen connection closes, and the next redial takes over.
+    wait_until("the agent to redial", WAIT, || {
+        relay.accepts().len() > accepted_before
+    })
+    .await;
+    relay.sever();
+    relay.set_upstream(Some(gw.addr()));
+    let stream2 = gw.next_agent().await;
+    let out = exec_once(&stream2, Params::new(&["echo", "back"], "exec", &tag), b"").await;
+    assert_eq!(out.stdout, b"back\n");
+    assert_eq!(out.exit_code, Some(0));
+    suite.note(format!(
+        "blackholed link noticed and its 2 sessions ended {:.1} s after the blackhole (PING 1 s, timeout 2 s)",
+        detected_after.as_secs_f64()
+    ));
+    drop(stream);
+    agent.shutdown().await;
+    tag.assert_no_processes();
 }

@@ -233,6 +233,9 @@ struct Raw {
     dynoagent_first_input_timeout_secs: Option<String>,
     dynoagent_session_idle_timeout_secs: Option<String>,
     dynoagent_session_max_lifetime_secs: Option<String>,
+    dynoagent_gateway_ping_secs: Option<String>,
+    dynoagent_gateway_ping_timeout_secs: Option<String>,
+    dynoagent_gateway_tcp_user_timeout_secs: Option<String>,
 }
 
 fn parse_bool(var: &'static str, value: Option<&str>) -> Result<bool, ConfigError> {
@@ -258,6 +261,40 @@ fn parse_num<T: std::str::FromStr>(
             reason: format!("{v:?} is not a number"),
         }),
     }
+}
+
+/// The gateway link's dead-peer detection (`gateway_link::Liveness`; docs/operations.md,
+/// "Gateway link liveness"). `0` turns the PING or the TCP user timeout off.
+fn parse_liveness(raw: &Raw) -> Result<gateway_link::Liveness, ConfigError> {
+    let defaults = gateway_link::Liveness::default();
+    let secs = |var: &'static str, value: Option<&str>, default: Option<Duration>| {
+        let n: u64 = parse_num(var, value, default.map_or(0, |d| d.as_secs()))?;
+        Ok::<_, ConfigError>((n > 0).then(|| Duration::from_secs(n)))
+    };
+    let ping_interval = secs(
+        "DYNOAGENT_GATEWAY_PING_SECS",
+        raw.dynoagent_gateway_ping_secs.as_deref(),
+        defaults.ping_interval,
+    )?;
+    let ping_timeout = secs(
+        "DYNOAGENT_GATEWAY_PING_TIMEOUT_SECS",
+        raw.dynoagent_gateway_ping_timeout_secs.as_deref(),
+        Some(defaults.ping_timeout),
+    )?
+    .ok_or(ConfigError::Invalid {
+        var: "DYNOAGENT_GATEWAY_PING_TIMEOUT_SECS",
+        reason: "must be at least 1".into(),
+    })?;
+    let tcp_user_timeout = secs(
+        "DYNOAGENT_GATEWAY_TCP_USER_TIMEOUT_SECS",
+        raw.dynoagent_gateway_tcp_user_timeout_secs.as_deref(),
+        defaults.tcp_user_timeout,
+    )?;
+    Ok(gateway_link::Liveness {
+        ping_interval,
+        ping_timeout,
+        tcp_user_timeout,
+    })
 }
 
 fn parse_limits(raw: &Raw) -> Result<SessionLimits, ConfigError> {
@@ -457,6 +494,7 @@ impl AgentConfig {
         )?);
         let log = parse_log(&raw)?;
         let limits = parse_limits(&raw)?;
+        let liveness = parse_liveness(&raw)?;
         let env_file_dir = raw
             .dynoagent_env_dir
             .filter(|d| !d.is_empty())
@@ -500,7 +538,10 @@ impl AgentConfig {
             allow_unenforced_policies,
             heroku,
             limits,
-            link: LinkConfig::new(dsn, tls, version),
+            link: LinkConfig {
+                liveness,
+                ..LinkConfig::new(dsn, tls, version)
+            },
             log,
             max_sessions,
             kill_grace,
@@ -520,6 +561,41 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn gateway_liveness_is_configurable_and_zero_turns_a_mechanism_off() {
+        let key = ("HOOP_KEY", "grpc://a1:sekrit@127.0.0.1:8010?mode=standard");
+        let c = AgentConfig::from_sources(&env(&[key]), "0").unwrap();
+        assert_eq!(c.link.liveness, gateway_link::Liveness::default());
+        let c = AgentConfig::from_sources(
+            &env(&[
+                key,
+                ("DYNOAGENT_GATEWAY_PING_SECS", "0"),
+                ("DYNOAGENT_GATEWAY_PING_TIMEOUT_SECS", "3"),
+                ("DYNOAGENT_GATEWAY_TCP_USER_TIMEOUT_SECS", "0"),
+            ]),
+            "0",
+        )
+        .unwrap();
+        assert_eq!(
+            c.link.liveness,
+            gateway_link::Liveness {
+                ping_interval: None,
+                ping_timeout: Duration::from_secs(3),
+                tcp_user_timeout: None,
+            }
+        );
+        let err = AgentConfig::from_sources(
+            &env(&[key, ("DYNOAGENT_GATEWAY_PING_TIMEOUT_SECS", "0")]),
+            "0",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("DYNOAGENT_GATEWAY_PING_TIMEOUT_SECS is invalid"),
+            "{err}"
+        );
     }
 
     #[test]

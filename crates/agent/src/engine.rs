@@ -114,7 +114,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut conn: Connection) {
                         Err(status) => tracing::warn!(
                             sessions = reg.sessions.len(),
                             code = ?status.code(),
-                            message = status.message(),
+                            reason = gateway_link::status_reason(&status),
                             "the gateway stream failed"
                         ),
                     }

@@ -58,19 +58,69 @@ pub struct LinkConfig {
     pub dsn: Dsn,
     pub tls: TlsOptions,
     pub dial_timeout: Duration,
+    pub liveness: Liveness,
     pub metadata: AgentMetadata,
 }
 
 impl LinkConfig {
-    /// A config with hoop's defaults (15 s dial timeout) and this host's metadata.
+    /// A config with hoop's defaults (15 s dial timeout), the default [`Liveness`] and this
+    /// host's metadata.
     pub fn new(dsn: Dsn, tls: TlsOptions, version: &str) -> LinkConfig {
         LinkConfig {
             dsn,
             tls,
             dial_timeout: Duration::from_secs(15),
+            liveness: Liveness::default(),
             metadata: AgentMetadata::collect(version),
         }
     }
+}
+
+/// How the agent notices a dead link to the gateway (a half-open TCP connection: the gateway's
+/// host died, a NAT entry expired, a proxy froze) instead of waiting on it forever.
+///
+/// Two mechanisms, because each misses a case the other catches:
+/// - `TCP_USER_TIMEOUT`: the kernel drops the connection when data it sent stays unacknowledged
+///   this long. The agent writes a `GatewayKeepAlive` every 10 s, so a peer that vanished from
+///   the network is noticed within `tcp_user_timeout` + 10 s.
+/// - HTTP/2 PING: after `ping_interval` without hearing from the gateway the agent sends a
+///   PING and drops the connection when no ACK comes within `ping_timeout`. This catches a
+///   peer that still acknowledges TCP but no longer answers (a stuck proxy or load balancer).
+///
+/// The PING default is long on purpose: hoop's gateway is a grpc-go server with the default
+/// keepalive enforcement policy (PINGs at most every 5 minutes while it sends nothing), and
+/// answers more frequent PINGs with `GOAWAY ENHANCE_YOUR_CALM` ("too_many_pings"), which would
+/// cut an idle agent every 30 s. Shorten it only for a gateway that permits it
+/// (docs/operations.md, "Gateway link liveness").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Liveness {
+    /// Send an HTTP/2 PING after this long without reading anything; `None`: never.
+    pub ping_interval: Option<Duration>,
+    /// Drop the connection when a PING is not acknowledged within this.
+    pub ping_timeout: Duration,
+    /// The socket's `TCP_USER_TIMEOUT`; `None` leaves the kernel default (about 15 minutes).
+    pub tcp_user_timeout: Option<Duration>,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness {
+            // grpc-go's default `MinTime` is 5 minutes; 10 s more keeps clock and RTT noise
+            // from ever counting as a strike.
+            ping_interval: Some(Duration::from_secs(310)),
+            ping_timeout: Duration::from_secs(20),
+            tcp_user_timeout: Some(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// Applies the socket half of [`Liveness`] to a freshly dialed connection.
+fn tune_socket(tcp: &tokio::net::TcpStream, liveness: &Liveness) -> std::io::Result<()> {
+    tcp.set_nodelay(true)?;
+    if let Some(timeout) = liveness.tcp_user_timeout {
+        socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(timeout))?;
+    }
+    Ok(())
 }
 
 /// Why connecting failed.
@@ -296,15 +346,25 @@ async fn dial(config: &LinkConfig, cut: sever::Cut) -> Result<Channel, LinkError
         addr: address.clone(),
         reason,
     };
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+    let mut endpoint = Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| dial_err(e.to_string()))?
         .connect_timeout(config.dial_timeout)
-        .tcp_nodelay(true)
+        .tcp_nodelay(true);
+    if let Some(interval) = config.liveness.ping_interval {
+        endpoint = endpoint
+            .http2_keep_alive_interval(interval)
+            .keep_alive_timeout(config.liveness.ping_timeout)
+            // The one `Connect` stream is always open; "while idle" only matters between
+            // streams, and there is none: keep pinging regardless.
+            .keep_alive_while_idle(true);
+    }
+    let endpoint = endpoint
         .user_agent(format!("hoopagent/{} dynoagent", config.metadata.version))
         .map_err(|e| dial_err(e.to_string()))?;
     // Both paths dial through a connector of ours so that the socket can be cut on close
     // (`sever`). The channel makes one connection: this connector runs once per `connect`.
     let target = address.clone();
+    let liveness = config.liveness;
     let result = if config.dsn.tls() {
         let tls = tls::client_config(&config.tls)?;
         let name = tls::server_name(&config.tls, config.dsn.host())?;
@@ -316,7 +376,7 @@ async fn dial(config: &LinkConfig, cut: sever::Cut) -> Result<Channel, LinkError
             let cut = cut.clone();
             async move {
                 let tcp = tokio::net::TcpStream::connect(&target).await?;
-                tcp.set_nodelay(true)?;
+                tune_socket(&tcp, &liveness)?;
                 let stream = connector.connect(name, tcp).await?;
                 Ok::<_, std::io::Error>(TokioIo::new(sever::Severable::new(stream, cut)))
             }
@@ -328,13 +388,29 @@ async fn dial(config: &LinkConfig, cut: sever::Cut) -> Result<Channel, LinkError
             let cut = cut.clone();
             async move {
                 let tcp = tokio::net::TcpStream::connect(&target).await?;
-                tcp.set_nodelay(true)?;
+                tune_socket(&tcp, &liveness)?;
                 Ok::<_, std::io::Error>(TokioIo::new(sever::Severable::new(tcp, cut)))
             }
         });
         endpoint.connect_with_connector(svc).await
     };
     result.map_err(|e| dial_err(error_chain(&e)))
+}
+
+/// Why a stream failed, on one line: the status message and every underlying cause (for
+/// example hyper's "keep-alive timed out" when the gateway stopped answering PINGs).
+pub fn status_reason(status: &Status) -> String {
+    let mut out = status.message().to_owned();
+    let mut source = std::error::Error::source(status);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 /// Formats an error and its sources on one line.
@@ -480,6 +556,33 @@ mod tests {
         tokio::time::timeout(KEEPALIVE_PERIOD * 2, keepalive(Outbound { tx }))
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn dialed_sockets_carry_the_tcp_user_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let liveness = Liveness {
+            tcp_user_timeout: Some(Duration::from_secs(17)),
+            ..Liveness::default()
+        };
+        tune_socket(&tcp, &liveness).unwrap();
+        let sock = socket2::SockRef::from(&tcp);
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(17))
+        );
+        assert!(sock.tcp_nodelay().unwrap());
+    }
+
+    #[test]
+    fn the_default_ping_interval_respects_grpc_gos_enforcement_policy() {
+        // grpc-go servers (hoop's gateway) strike a client that pings more often than every
+        // 5 minutes while they send nothing, and cut it after the third strike.
+        let interval = Liveness::default().ping_interval.unwrap();
+        assert!(interval > Duration::from_secs(300), "{interval:?}");
     }
 }
 
