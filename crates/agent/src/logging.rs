@@ -39,6 +39,7 @@ const OUR_CRATES: &[&str] = &[
     "hoop_wire",
     "hoop_gob",
     "heroku_api",
+    "heroku_policy",
     "backend",
     "backend_local",
     "backend_run",

@@ -22,6 +22,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod args;
+mod error;
 pub mod keys;
 mod session;
 pub mod status;
@@ -32,7 +33,9 @@ use backend::{Backend, ExitStatus, SessionIo, SessionRequest};
 use backend_ssh::ClientOptions;
 use futures::future::BoxFuture;
 use heroku_api::ClientConfig;
+use heroku_policy::basename;
 
+pub use error::PsexecError;
 pub use keys::KeyPool;
 
 /// Whether a connection command belongs to this backend: `ps-exec.sh` or `psexec` (any path),
@@ -43,27 +46,6 @@ pub fn claims(command: &[String]) -> bool {
         Some("heroku") => command.get(1).is_some_and(|a| a == "ps:exec"),
         _ => false,
     }
-}
-
-/// The last path component of a command.
-pub fn basename(cmd: &str) -> &str {
-    cmd.rsplit('/').next().unwrap_or(cmd)
-}
-
-/// The psexec arguments of a session: the connection command after its program (and after
-/// `ps:exec` for `heroku ps:exec`), then the client's arguments.
-pub fn session_args(request: &SessionRequest) -> Vec<String> {
-    let skip = match request.command.first().map(|c| basename(c)) {
-        Some("heroku") => 2,
-        _ => 1,
-    };
-    request
-        .command
-        .iter()
-        .skip(skip)
-        .chain(request.args.iter())
-        .cloned()
-        .collect()
 }
 
 /// Settings for [`PsexecBackend`].

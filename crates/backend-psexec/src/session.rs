@@ -1,24 +1,22 @@
 //! One psexec session: parse, gate (app, feature, dyno), exchange credentials with the
 //! exec-manager, connect to the exec proxy with its key pinned, and run one channel.
 //!
-//! Every refusal says which step failed and what to do; each cause of the CLI's catch-all
-//! "Could not connect to dyno!" has its own message (heroku-protocols.md §7).
+//! Every refusal is a [`PsexecError`] that says which step failed and what to do; each cause of
+//! the CLI's catch-all "Could not connect to dyno!" has its own variant (heroku-protocols.md
+//! §7). The error becomes the exit status in one place, `crate::error`.
 
 use std::sync::Arc;
 
 use backend::{ExitStatus, Input, Mode, OutputSink, SessionIo, SessionRequest};
 use backend_ssh::{ChannelSpec, HostKeyPolicy, Start, Target};
 use bytes::{Bytes, BytesMut};
-use heroku_api::{ApiKey, ExecCredentials, HerokuClient, HerokuError};
+use heroku_api::{ExecCredentials, HerokuClient, HerokuError};
+use heroku_policy::session_args;
 
 use crate::args::{self, Action, EXEC_FEATURE, ExecArgs};
+use crate::error::PsexecError;
 use crate::keys::KeyPool;
-use crate::{PsexecConfig, session_args, status};
-
-/// Exit code for bad arguments (nothing was started).
-const USAGE_EXIT_CODE: i32 = 2;
-/// Exit code for a refusal before anything ran on the dyno (the CLI exits 1).
-const REFUSED_EXIT_CODE: i32 = 1;
+use crate::{PsexecConfig, status};
 
 /// The connection variable that governs enabling Heroku Exec (which restarts a dyno): `true`
 /// for every session that needs it; `ask`: only with the user's `--enable-exec`; unset,
@@ -48,111 +46,98 @@ fn enable_policy(env: &backend::SessionEnv) -> EnablePolicy {
     }
 }
 
-fn refused(message: impl Into<String>) -> ExitStatus {
-    ExitStatus {
-        code: REFUSED_EXIT_CODE,
-        message: message.into(),
-    }
-}
-
 pub(crate) async fn run(
     config: PsexecConfig,
     keys: KeyPool,
     request: SessionRequest,
     io: SessionIo,
 ) -> ExitStatus {
-    let action = match args::parse(&session_args(&request)) {
-        Ok(a) => a,
-        Err(e) => {
-            return ExitStatus {
-                code: USAGE_EXIT_CODE,
-                message: e.0,
-            };
-        }
-    };
-    match &action {
-        Action::Help(text) => {
-            let _ = io.stdout.write(Bytes::from(text.clone())).await;
-            return ExitStatus::success();
-        }
-        Action::Status { app } => {
-            if let Err(status) = backend::check_app_allowed(&request.env, app) {
-                return status;
-            }
-            io.report.set_app(app);
-        }
-        Action::Exec(exec) => {
-            if let Err(status) = backend::check_app_allowed(&request.env, &exec.app) {
-                return status;
-            }
-            io.report.set_app(&exec.app);
-            io.report.set_dyno(&exec.dyno);
-        }
-    }
-    let Some(key) = request
-        .env
-        .get_str("HEROKU_API_KEY")
-        .filter(|k| !k.is_empty())
-    else {
-        return ExitStatus::internal(
-            "HEROKU_API_KEY is not set for this connection: add it as a connection secret (envvar:HEROKU_API_KEY), or set it on the agent and give the connection the value system.agent.envs",
-        );
-    };
-    let client = match HerokuClient::new(config.api.clone(), ApiKey::new(key)) {
-        Ok(c) => c,
-        Err(e) => return ExitStatus::internal(e.to_string()),
+    let (action, client) = match prepare(&config, &request, &io).await {
+        Ok(Some(prepared)) => prepared,
+        Ok(None) => return ExitStatus::success(),
+        Err(e) => return e.into(),
     };
     let cancel = io.cancel.clone();
     // Setup (API calls, key exchange, SSH connect) is abandoned on cancel: nothing runs on
     // the dyno yet. Once connected, the channel owns cancellation, so the remote command gets
     // TERM, then KILL, then a clean close (dropping the connection would only hang it up).
-    let setup = async {
-        match action {
-            Action::Help(_) => Step::Done(ExitStatus::success()),
-            Action::Status { app } => Step::Done(show_status(&client, &app, &io.stdout).await),
-            Action::Exec(exec) => {
-                let opt_in = match (enable_policy(&request.env), exec.enable_exec) {
-                    (EnablePolicy::Always, _) | (EnablePolicy::OnRequest, true) => true,
-                    (EnablePolicy::OnRequest, false) => false,
-                    (EnablePolicy::Never, false) => false,
-                    (EnablePolicy::Never, true) => {
-                        return Step::Done(refused(format!(
-                            "--enable-exec is not allowed on this connection: enabling Heroku Exec restarts a dyno, so the connection decides; an administrator can allow it by setting {AUTO_ENABLE_VAR}=ask on the connection (users may then pass --enable-exec) or {AUTO_ENABLE_VAR}=true (sessions enable it when needed), or enable Heroku Exec once (heroku features:enable runtime-heroku-exec, then restart the dynos)"
-                        )));
-                    }
-                };
-                let term = request
+    let step = tokio::select! {
+        () = cancel.cancelled() => Err(PsexecError::Closed),
+        step = setup(&config, &keys, &client, action, &request, io) => step,
+    };
+    match step {
+        Ok(Step::Done(status)) => status,
+        Ok(Step::Connected(connected)) => {
+            let (conn, spec, io) = *connected;
+            conn.run(spec, io).await
+        }
+        Err(e) => e.into(),
+    }
+}
+
+/// Before any API call: the arguments (`None`: the help was printed), the policy checks and
+/// the API client.
+async fn prepare(
+    config: &PsexecConfig,
+    request: &SessionRequest,
+    io: &SessionIo,
+) -> Result<Option<(Action, HerokuClient)>, PsexecError> {
+    let action = args::parse(&session_args(request))?;
+    match &action {
+        Action::Help(text) => {
+            let _ = io.stdout.write(Bytes::from(text.clone())).await;
+            return Ok(None);
+        }
+        Action::Status { app } => {
+            heroku_policy::check_app_allowed(&request.env, app)?;
+            io.report.set_app(app);
+        }
+        Action::Exec(exec) => {
+            heroku_policy::check_app_allowed(&request.env, &exec.app)?;
+            io.report.set_app(&exec.app);
+            io.report.set_dyno(&exec.dyno);
+        }
+    }
+    let key = heroku_policy::api_key(&request.env)?;
+    let client =
+        HerokuClient::new(config.api.clone(), key).map_err(|e| PsexecError::Client(Box::new(e)))?;
+    Ok(Some((action, client)))
+}
+
+/// The API calls, key exchange and SSH connect of a session, up to a connected channel.
+async fn setup(
+    config: &PsexecConfig,
+    keys: &KeyPool,
+    client: &HerokuClient,
+    action: Action,
+    request: &SessionRequest,
+    io: SessionIo,
+) -> Result<Step, PsexecError> {
+    match action {
+        Action::Help(_) => Ok(Step::Done(ExitStatus::success())),
+        Action::Status { app } => {
+            show_status(client, &app, &io.stdout).await?;
+            Ok(Step::Done(ExitStatus::success()))
+        }
+        Action::Exec(exec) => {
+            let opt_in = match (enable_policy(&request.env), exec.enable_exec) {
+                (EnablePolicy::Always, _) | (EnablePolicy::OnRequest, true) => true,
+                (EnablePolicy::OnRequest, false) => false,
+                (EnablePolicy::Never, false) => false,
+                (EnablePolicy::Never, true) => return Err(PsexecError::EnableNotAllowed),
+            };
+            let plan = ExecPlan {
+                exec,
+                opt_in,
+                mode: request.mode,
+                term: request
                     .env
                     .get_str("TERM")
                     .unwrap_or("xterm-256color")
-                    .to_owned();
-                match exec_session(
-                    &config,
-                    &keys,
-                    &client,
-                    exec,
-                    opt_in,
-                    request.mode,
-                    term,
-                    io,
-                )
-                .await
-                {
-                    Ok(connected) => Step::Connected(Box::new(connected)),
-                    Err(status) => Step::Done(status),
-                }
-            }
-        }
-    };
-    let step = tokio::select! {
-        () = cancel.cancelled() => return ExitStatus::internal("session closed"),
-        step = setup => step,
-    };
-    match step {
-        Step::Done(status) => status,
-        Step::Connected(connected) => {
-            let (conn, spec, io) = *connected;
-            conn.run(spec, io).await
+                    .to_owned(),
+            };
+            let connected = exec_session(config, keys, client, plan, io).await?;
+            Ok(Step::Connected(Box::new(connected)))
         }
     }
 }
@@ -163,20 +148,18 @@ enum Step {
     Connected(Box<(backend_ssh::Connection, ChannelSpec, SessionIo)>),
 }
 
-async fn show_status(client: &HerokuClient, app: &str, stdout: &OutputSink) -> ExitStatus {
+async fn show_status(
+    client: &HerokuClient,
+    app: &str,
+    stdout: &OutputSink,
+) -> Result<(), PsexecError> {
     let (reservations, dynos) = tokio::join!(client.exec_reservations(app), client.dynos(app));
-    let reservations = match reservations {
-        Ok(r) => r,
-        Err(e) => return refused(format!("psexec --status: {e}")),
-    };
-    let dynos = match dynos {
-        Ok(d) => d,
-        Err(e) => return refused(format!("psexec --status: {e}")),
-    };
+    let reservations = reservations.map_err(|e| PsexecError::Status(Box::new(e)))?;
+    let dynos = dynos.map_err(|e| PsexecError::Status(Box::new(e)))?;
     let _ = stdout
         .write(Bytes::from(status::render(&reservations, &dynos)))
         .await;
-    ExitStatus::success()
+    Ok(())
 }
 
 /// Writes a progress line to the session's stderr (never to stdout).
@@ -185,17 +168,28 @@ async fn progress(stderr: &OutputSink, line: String) {
     let _ = stderr.write(Bytes::from(format!("psexec: {line}\n"))).await;
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn exec_session(
-    config: &PsexecConfig,
-    keys: &KeyPool,
-    client: &HerokuClient,
+/// What an exec session asks for: the parsed arguments, whether the connection lets it
+/// enable Heroku Exec, the session's mode and its `TERM`.
+struct ExecPlan {
     exec: ExecArgs,
     opt_in: bool,
     mode: Mode,
     term: String,
+}
+
+async fn exec_session(
+    config: &PsexecConfig,
+    keys: &KeyPool,
+    client: &HerokuClient,
+    plan: ExecPlan,
     io: SessionIo,
-) -> Result<(backend_ssh::Connection, ChannelSpec, SessionIo), ExitStatus> {
+) -> Result<(backend_ssh::Connection, ChannelSpec, SessionIo), PsexecError> {
+    let ExecPlan {
+        exec,
+        opt_in,
+        mode,
+        term,
+    } = plan;
     let SessionIo {
         mut input,
         stdout,
@@ -205,9 +199,9 @@ async fn exec_session(
     } = io;
     let (app, dyno) = (exec.app.as_str(), exec.dyno.as_str());
     if args::is_one_off(dyno) {
-        return Err(refused(format!(
-            "could not connect to dyno {dyno}: one-off (run.*) and release-phase (release.*) dynos have no Heroku Exec agent on the Common Runtime; target a formation dyno such as web.1"
-        )));
+        return Err(PsexecError::OneOff {
+            dyno: dyno.to_owned(),
+        });
     }
 
     // The command (default mode) is the whole input, read before anything is dialled.
@@ -221,15 +215,9 @@ async fn exec_session(
     } else if interactive {
         Start::Shell
     } else {
-        let text = match read_all(&mut input, config.max_command_bytes).await {
-            Ok(t) => t,
-            Err(status) => return Err(status),
-        };
+        let text = read_all(&mut input, config.max_command_bytes).await?;
         if text.iter().all(u8::is_ascii_whitespace) {
-            return Err(ExitStatus {
-                code: USAGE_EXIT_CODE,
-                message: "psexec: no command: the input is the command to run on the dyno (for example -i 'ls -la'); or use --pipe CMD, --interactive or --status".into(),
-            });
+            return Err(PsexecError::NoCommand);
         }
         stdin_closed = true;
         Start::Exec(String::from_utf8_lossy(&text).into_owned())
@@ -245,33 +233,38 @@ async fn exec_session(
     };
 
     // Gating: the app, the feature, the dyno.
-    let app_info = match client.app(app).await {
-        Ok(a) => a,
-        Err(e) => return Err(refused(format!("could not connect to dyno {dyno}: {e}"))),
+    let unreachable = |error| PsexecError::Unreachable {
+        dyno: dyno.to_owned(),
+        error: Box::new(error),
     };
+    let app_info = client.app(app).await.map_err(unreachable)?;
     if app_info.generation.as_deref() == Some("fir") {
-        return Err(refused(format!(
-            "app {app} runs on the Fir generation, which has no Heroku Exec; use heroku run:inside instead (https://devcenter.heroku.com/articles/run-tasks-in-an-existing-dyno)"
-        )));
+        return Err(PsexecError::Fir {
+            app: app.to_owned(),
+        });
     }
-    let feature = match client.feature(app, EXEC_FEATURE).await {
-        Ok(f) => f,
-        Err(e) => return Err(refused(format!("could not connect to dyno {dyno}: {e}"))),
-    };
+    let feature = client
+        .feature(app, EXEC_FEATURE)
+        .await
+        .map_err(unreachable)?;
     let mut restarted = false;
     if !feature.enabled {
         if !opt_in {
-            return Err(refused(format!(
-                "Heroku Exec is disabled for app {app} (feature {EXEC_FEATURE} is off). Enabling it restarts the app's dynos, because a dyno starts its exec agent only at boot, so dynoagent never does it on its own. To enable it and restart only dyno {dyno}, run again with --enable-exec if this connection allows it (PSEXEC_AUTO_ENABLE=ask), or set PSEXEC_AUTO_ENABLE=true on this connection; or run `heroku features:enable {EXEC_FEATURE} -a {app}` and restart the dynos yourself."
-            )));
+            return Err(PsexecError::ExecDisabled {
+                app: app.to_owned(),
+                dyno: dyno.to_owned(),
+            });
         }
         progress(
             &stderr,
             format!("enabling Heroku Exec ({EXEC_FEATURE}) for app {app}"),
         )
         .await;
-        if let Err(e) = client.set_feature(app, EXEC_FEATURE, true).await {
-            return Err(refused(format!("enabling Heroku Exec for {app}: {e}")));
+        if let Err(error) = client.set_feature(app, EXEC_FEATURE, true).await {
+            return Err(PsexecError::Enable {
+                app: app.to_owned(),
+                error: Box::new(error),
+            });
         }
         restart_and_wait(config, client, app, dyno, &stderr).await?;
         restarted = true;
@@ -279,69 +272,57 @@ async fn exec_session(
         match client.dyno(app, dyno).await {
             Ok(d) if d.state == "up" => {}
             Ok(d) => {
-                return Err(refused(format!(
-                    "could not connect to dyno {dyno}: it is {}, not up; Heroku Exec needs a running dyno (check with --status or heroku ps -a {app})",
-                    d.state
-                )));
+                return Err(PsexecError::NotUp {
+                    app: app.to_owned(),
+                    dyno: dyno.to_owned(),
+                    state: d.state,
+                });
             }
             Err(e) if e.api().is_some_and(|a| a.status == 404) => {
-                return Err(refused(format!(
-                    "could not connect to dyno {dyno}: app {app} has no dyno {dyno} (check with --status or heroku ps -a {app})"
-                )));
+                return Err(PsexecError::NoSuchDyno {
+                    app: app.to_owned(),
+                    dyno: dyno.to_owned(),
+                });
             }
-            Err(e) => return Err(refused(format!("could not connect to dyno {dyno}: {e}"))),
+            Err(e) => return Err(unreachable(e)),
         }
     }
 
     // Credentials: a fresh key, PUT to the exec-manager.
-    let key = match keys.take().await {
-        Ok(k) => k,
-        Err(e) => return Err(ExitStatus::internal(e.to_string())),
-    };
+    let key = keys.take().await?;
     let public = match key.public_key().to_openssh() {
         // The CLI sends the key with an empty comment, which leaves a trailing space.
         Ok(line) => format!("{line} "),
-        Err(e) => {
-            return Err(ExitStatus::internal(format!(
-                "cannot encode the client key: {e}"
-            )));
-        }
+        Err(e) => return Err(PsexecError::EncodeKey(e.to_string())),
     };
-    let creds = match exchange(
-        config, client, app, dyno, &public, opt_in, restarted, &stderr,
-    )
-    .await
-    {
-        Ok(c) => c,
-        Err(status) => return Err(status),
+    let request = ExchangeRequest {
+        app,
+        dyno,
+        public: &public,
+        opt_in,
+        restarted,
     };
+    let creds = exchange(config, client, request, &stderr).await?;
 
     // SSH to the proxy, its host key pinned to proxy_public_key.
-    let pinned = match proxy_key(&creds.proxy_public_key) {
-        Ok(k) => k,
-        Err(status) => return Err(status),
-    };
+    let pinned = proxy_key(&creds.proxy_public_key)?;
     let target = Target {
         host: creds.tunnel_host.clone(),
         port: config.ssh_port,
         user: creds.client_user.clone(),
     };
-    let conn = match backend_ssh::connect(
+    let conn = backend_ssh::connect(
         &target,
         HostKeyPolicy::Pinned(vec![pinned]),
         Arc::new(key),
         &config.client,
     )
     .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            return Err(ExitStatus::internal(format!(
-                "could not connect to dyno {dyno} through the Heroku Exec proxy {}:{}: {e}",
-                target.host, target.port
-            )));
-        }
-    };
+    .map_err(|error| PsexecError::Proxy {
+        dyno: dyno.to_owned(),
+        addr: format!("{}:{}", target.host, target.port),
+        error: Box::new(error),
+    })?;
     tracing::info!(%app, %dyno, "heroku exec session connected");
     Ok((
         conn,
@@ -363,19 +344,24 @@ async fn restart_and_wait(
     app: &str,
     dyno: &str,
     stderr: &OutputSink,
-) -> Result<(), ExitStatus> {
+) -> Result<(), PsexecError> {
     progress(
         stderr,
         format!("restarting dyno {dyno} of {app} (only this dyno) so its exec agent starts"),
     )
     .await;
-    if let Err(e) = client.stop_dyno(app, dyno).await {
-        if e.api().is_some_and(|a| a.status == 404) {
-            return Err(refused(format!(
-                "could not restart dyno {dyno}: app {app} has no dyno {dyno} (check with --status or heroku ps -a {app})"
-            )));
+    if let Err(error) = client.stop_dyno(app, dyno).await {
+        if error.api().is_some_and(|a| a.status == 404) {
+            return Err(PsexecError::RestartNoSuchDyno {
+                app: app.to_owned(),
+                dyno: dyno.to_owned(),
+            });
         }
-        return Err(refused(format!("restarting dyno {dyno} of {app}: {e}")));
+        return Err(PsexecError::Restart {
+            app: app.to_owned(),
+            dyno: dyno.to_owned(),
+            error: Box::new(error),
+        });
     }
     let deadline = tokio::time::Instant::now() + config.enable_wait;
     let mut last = String::new();
@@ -386,9 +372,10 @@ async fn restart_and_wait(
                 return Ok(());
             }
             Ok(d) if d.state == "crashed" => {
-                return Err(refused(format!(
-                    "dyno {dyno} of {app} crashed after the restart; check its logs (heroku logs -a {app} -d {dyno})"
-                )));
+                return Err(PsexecError::Crashed {
+                    app: app.to_owned(),
+                    dyno: dyno.to_owned(),
+                });
             }
             Ok(d) => {
                 if d.state != last {
@@ -402,33 +389,55 @@ async fn restart_and_wait(
             }
             // Just after a restart the API may briefly not list the dyno.
             Err(e) if e.api().is_some_and(|a| a.status == 404) => {}
-            Err(e) => return Err(refused(format!("waiting for dyno {dyno}: {e}"))),
+            Err(error) => {
+                return Err(PsexecError::Waiting {
+                    dyno: dyno.to_owned(),
+                    error: Box::new(error),
+                });
+            }
         }
         if tokio::time::Instant::now() + config.poll_interval > deadline {
-            return Err(refused(format!(
-                "dyno {dyno} of {app} was not up within {:?} after the restart (last state: {}); try again shortly",
-                config.enable_wait,
-                if last.is_empty() { "unknown" } else { &last }
-            )));
+            return Err(PsexecError::NotUpInTime {
+                app: app.to_owned(),
+                dyno: dyno.to_owned(),
+                wait: config.enable_wait,
+                last: if last.is_empty() {
+                    "unknown".to_owned()
+                } else {
+                    last
+                },
+            });
         }
         tokio::time::sleep(config.poll_interval).await;
     }
 }
 
-/// The exec-manager `PUT`, with a clear message per failure. With the opt-in, a dyno whose
+/// One credentials exchange: the dyno, the client's public key line, whether the connection
+/// lets the session restart the dyno, and whether it was just restarted.
+struct ExchangeRequest<'a> {
+    app: &'a str,
+    dyno: &'a str,
+    public: &'a str,
+    opt_in: bool,
+    restarted: bool,
+}
+
+/// The exec-manager `PUT`, with a clear error per failure. With the opt-in, a dyno whose
 /// exec agent is missing although the feature is on (enabled but never restarted) is
 /// restarted once; after a restart, a 404 is retried until the agent registers (bounded).
-#[allow(clippy::too_many_arguments)]
 async fn exchange(
     config: &PsexecConfig,
     client: &HerokuClient,
-    app: &str,
-    dyno: &str,
-    public: &str,
-    opt_in: bool,
-    mut restarted: bool,
+    request: ExchangeRequest<'_>,
     stderr: &OutputSink,
-) -> Result<ExecCredentials, ExitStatus> {
+) -> Result<ExecCredentials, PsexecError> {
+    let ExchangeRequest {
+        app,
+        dyno,
+        public,
+        opt_in,
+        mut restarted,
+    } = request;
     let mut deadline = tokio::time::Instant::now() + config.enable_wait;
     loop {
         let error = match client.exec_credentials(app, dyno, public).await {
@@ -437,7 +446,7 @@ async fn exchange(
         };
         let not_found = error.api().is_some_and(|a| a.status == 404);
         if !not_found {
-            return Err(refused(exchange_failure(dyno, &error)));
+            return Err(exchange_failure(dyno, error));
         }
         if restarted && tokio::time::Instant::now() + config.poll_interval < deadline {
             tokio::time::sleep(config.poll_interval).await;
@@ -454,57 +463,60 @@ async fn exchange(
             .api()
             .map(|a| a.message.trim().to_owned())
             .unwrap_or_default();
-        return Err(refused(if restarted {
-            format!(
-                "could not connect to dyno {dyno}: its exec agent did not register within {:?} after the restart (exec-manager: {detail})",
-                config.enable_wait
-            )
+        let dyno = dyno.to_owned();
+        return Err(if restarted {
+            PsexecError::NoAgentAfterRestart {
+                dyno,
+                wait: config.enable_wait,
+                detail,
+            }
         } else {
-            format!(
-                "could not connect to dyno {dyno}: Heroku Exec is enabled and the dyno is up, but it has no exec agent, most likely because it has not restarted since the feature was enabled (exec-manager: {detail}). Restart it (heroku ps:restart {dyno} -a {app}), or run again with --enable-exec to restart only this dyno"
-            )
-        }));
+            PsexecError::NoAgent {
+                app: app.to_owned(),
+                dyno,
+                detail,
+            }
+        });
     }
 }
 
-fn exchange_failure(dyno: &str, error: &HerokuError) -> String {
+fn exchange_failure(dyno: &str, error: HerokuError) -> PsexecError {
+    let dyno = dyno.to_owned();
     match error {
-        HerokuError::Api { error: api, .. } if (400..500).contains(&api.status) => format!(
-            "could not connect to dyno {dyno}: the exec-manager refused the credentials exchange: {api}; check the connection's HEROKU_API_KEY and that it may access the app"
-        ),
-        HerokuError::Api { error: api, .. } => format!(
-            "could not connect to dyno {dyno}: the exec-manager failed: {api}; try again later"
-        ),
-        other => format!("could not connect to dyno {dyno}: {other}"),
+        HerokuError::Api { error: api, .. } if (400..500).contains(&api.status) => {
+            PsexecError::ExchangeRefused {
+                dyno,
+                api: Box::new(api),
+            }
+        }
+        HerokuError::Api { error: api, .. } => PsexecError::ExchangeFailed {
+            dyno,
+            api: Box::new(api),
+        },
+        error => PsexecError::Unreachable {
+            dyno,
+            error: Box::new(error),
+        },
     }
 }
 
 /// The pinned proxy key: the base64 second field of `proxy_public_key`.
-fn proxy_key(line: &str) -> Result<russh::keys::PublicKey, ExitStatus> {
+fn proxy_key(line: &str) -> Result<russh::keys::PublicKey, PsexecError> {
     let blob = line.split_whitespace().nth(1).unwrap_or_default();
-    russh::keys::parse_public_key_base64(blob).map_err(|e| {
-        ExitStatus::internal(format!(
-            "the exec-manager returned an unusable proxy_public_key ({e}); refusing to connect without a pinned host key"
-        ))
-    })
+    russh::keys::parse_public_key_base64(blob).map_err(|e| PsexecError::ProxyKey(e.to_string()))
 }
 
 /// Reads the whole input (until EOF) up to `limit` bytes.
 async fn read_all(
     input: &mut tokio::sync::mpsc::Receiver<Input>,
     limit: usize,
-) -> Result<Vec<u8>, ExitStatus> {
+) -> Result<Vec<u8>, PsexecError> {
     let mut buf = BytesMut::new();
     while let Some(event) = input.recv().await {
         match event {
             Input::Data(d) => {
                 if buf.len() + d.len() > limit {
-                    return Err(ExitStatus {
-                        code: USAGE_EXIT_CODE,
-                        message: format!(
-                            "psexec: the input is over {limit} bytes, too large to be a command; use --pipe CMD to stream it to a program on the dyno"
-                        ),
-                    });
+                    return Err(PsexecError::InputTooLarge { limit });
                 }
                 buf.extend_from_slice(&d);
             }

@@ -124,17 +124,10 @@ pub fn parse(args: &[String]) -> Result<Parsed, ArgsError> {
     }))
 }
 
-/// Heroku app names: 3 to 30 characters, lower-case letters, digits and dashes, starting
-/// with a letter. App ids (UUIDs) are accepted too.
+/// Heroku app names (`heroku_policy::check_app_name`): 3 to 30 lower-case letters, digits
+/// and dashes, starting with a letter, or an app id (a UUID).
 pub fn validate_app(app: &str) -> Result<(), ArgsError> {
-    if backend::is_heroku_app_name(app) {
-        Ok(())
-    } else {
-        Err(ArgsError(format!(
-            "invalid app name {:?}: Heroku app names are 3-30 lower-case letters, digits and dashes, starting with a letter",
-            app.chars().take(64).collect::<String>()
-        )))
-    }
+    heroku_policy::check_app_name(app).map_err(|e| ArgsError(e.to_string()))
 }
 
 /// Splits `-e 'A=1;B=2'` like the CLI: `^\s*([\w.-]+)\s*=\s*(.*)?\s*$` per `;`-separated part.

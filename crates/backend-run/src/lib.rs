@@ -13,6 +13,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod args;
+mod error;
 pub mod marker;
 pub mod rendezvous;
 mod session;
@@ -20,7 +21,9 @@ mod session;
 use backend::{Backend, ExitStatus, SessionIo, SessionRequest};
 use futures::future::BoxFuture;
 
-pub use session::{RunConfig, basename, session_args};
+pub use error::RunError;
+use heroku_policy::basename;
+pub use session::RunConfig;
 
 /// Whether a connection command belongs to this backend: `heroku run …` (any path to a
 /// `heroku` binary, first argument `run`) or `heroku-run`.

@@ -6,17 +6,17 @@ use std::time::Duration;
 use backend::duplex::{self, Ending, RemoteInput, pump_input};
 use backend::{ExitStatus, Input, Mode, SessionIo, SessionRequest};
 use bytes::{Bytes, BytesMut};
-use heroku_api::{ApiKey, ClientConfig, CreateDyno, HerokuClient};
+use heroku_api::{ClientConfig, CreateDyno, HerokuClient};
+use heroku_policy::session_args;
 use tokio::io::{AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use crate::args::{self, Parsed, RunArgs};
+use crate::error::RunError;
 use crate::marker::{self, MarkerScanner};
 use crate::rendezvous::{self, RendezvousConfig};
 
 /// End-of-input byte on the rendezvous protocol (no-tty mode).
 const EOT: u8 = 0x04;
-/// Exit code for bad arguments (nothing was started).
-const USAGE_EXIT_CODE: i32 = 2;
 /// The longest `time_to_live` Heroku accepts, and the default (heroku-protocols.md §2.7).
 pub const MAX_TIME_TO_LIVE_SECS: u64 = 86_400;
 /// Added to hoop's `jit.timeout` so that the dyno outlives the access window by a little and
@@ -26,19 +26,12 @@ const JIT_MARGIN_SECS: u64 = 60;
 /// `time_to_live` for the one-off dyno: the connection's `HEROKU_RUN_TIME_TO_LIVE` (seconds,
 /// default and cap 86400), shortened to hoop's `jit.timeout` plus a minute when the session
 /// carries a shorter one. It bounds a dyno left behind if the agent dies (§2.7).
-pub(crate) fn time_to_live(request: &SessionRequest) -> Result<u64, ExitStatus> {
+pub(crate) fn time_to_live(request: &SessionRequest) -> Result<u64, RunError> {
     let configured = match request.env.connection_str("HEROKU_RUN_TIME_TO_LIVE") {
         None => MAX_TIME_TO_LIVE_SECS,
         Some(raw) => match raw.trim().parse::<u64>() {
             Ok(n) if n >= 1 => n.min(MAX_TIME_TO_LIVE_SECS),
-            _ => {
-                return Err(ExitStatus {
-                    code: USAGE_EXIT_CODE,
-                    message: format!(
-                        "HEROKU_RUN_TIME_TO_LIVE must be a whole number of seconds between 1 and {MAX_TIME_TO_LIVE_SECS}; fix the connection's setting"
-                    ),
-                });
-            }
+            _ => return Err(RunError::TimeToLive),
         },
     };
     let jit = request
@@ -67,85 +60,41 @@ pub struct RunConfig {
     pub stop_timeout: Duration,
 }
 
-/// The `heroku run` arguments of a session: the connection command after `heroku run` (or
-/// `heroku-run`), then the client's arguments.
-pub fn session_args(request: &SessionRequest) -> Vec<String> {
-    let skip = match request.command.first().map(|c| basename(c)) {
-        Some("heroku") => 2,
-        _ => 1,
-    };
-    request
-        .command
-        .iter()
-        .skip(skip)
-        .chain(request.args.iter())
-        .cloned()
-        .collect()
-}
-
-/// The last path component of a command.
-pub fn basename(cmd: &str) -> &str {
-    cmd.rsplit('/').next().unwrap_or(cmd)
-}
-
 pub(crate) async fn run(config: RunConfig, request: SessionRequest, io: SessionIo) -> ExitStatus {
-    let run_args = match args::parse(&session_args(&request)) {
-        Ok(Parsed::Run(r)) => r,
-        Ok(Parsed::Help(text)) => {
+    session(config, request, io)
+        .await
+        .unwrap_or_else(ExitStatus::from)
+}
+
+/// The session; every failure is a [`RunError`], mapped to the exit status by [`run`].
+async fn session(
+    config: RunConfig,
+    request: SessionRequest,
+    mut io: SessionIo,
+) -> Result<ExitStatus, RunError> {
+    let run_args = match args::parse(&session_args(&request))? {
+        Parsed::Run(r) => r,
+        Parsed::Help(text) => {
             let _ = io.stdout.write(Bytes::from(text)).await;
-            return ExitStatus::success();
-        }
-        Err(e) => {
-            return ExitStatus {
-                code: USAGE_EXIT_CODE,
-                message: e.0,
-            };
+            return Ok(ExitStatus::success());
         }
     };
-    if let Err(refused) = backend::check_app_allowed(&request.env, &run_args.app) {
-        return refused;
-    }
+    heroku_policy::check_app_allowed(&request.env, &run_args.app)?;
     io.report.set_app(&run_args.app);
-    let Some(key) = request
-        .env
-        .get_str("HEROKU_API_KEY")
-        .filter(|k| !k.is_empty())
-    else {
-        return ExitStatus::internal(
-            "HEROKU_API_KEY is not set for this connection: add it as a connection secret (envvar:HEROKU_API_KEY), or set it on the agent and give the connection the value system.agent.envs",
-        );
-    };
-    let ttl = match time_to_live(&request) {
-        Ok(ttl) => ttl,
-        Err(refused) => return refused,
-    };
-    let client = match HerokuClient::new(config.api.clone(), ApiKey::new(key)) {
-        Ok(c) => c,
-        Err(e) => return ExitStatus::internal(e.to_string()),
-    };
+    let key = heroku_policy::api_key(&request.env)?;
+    let ttl = time_to_live(&request)?;
+    let client = HerokuClient::new(config.api.clone(), key)?;
     // Like the CLI: one app lookup for the stack, skipped with --no-launcher; a failure stops
     // the session before any dyno exists.
     let mut launcher = false;
     if !run_args.no_launcher {
         let app = tokio::select! {
-            () = io.cancel.cancelled() => return ExitStatus::internal("session closed"),
-            r = client.app(&run_args.app) => r,
+            () = io.cancel.cancelled() => return Err(RunError::Closed),
+            r = client.app(&run_args.app) => r?,
         };
-        match app {
-            Ok(app) => {
-                let stack = app.stack.as_ref().map(|s| s.name.as_str());
-                launcher = needs_launcher(&run_args.command, stack);
-            }
-            Err(e) => return ExitStatus::internal(e.to_string()),
-        }
+        let stack = app.stack.as_ref().map(|s| s.name.as_str());
+        launcher = needs_launcher(&run_args.command, stack);
     }
-    let SessionIo {
-        mut input,
-        stdout,
-        stderr,
-        cancel,
-        report,
-    } = io;
 
     // Exec input is complete before the dyno starts (hoop sends it in one packet), which also
     // lets us see a 0x04 byte before choosing how to send the input.
@@ -153,8 +102,8 @@ pub(crate) async fn run(config: RunConfig, request: SessionRequest, io: SessionI
     if request.mode == Mode::Exec {
         loop {
             tokio::select! {
-                () = cancel.cancelled() => return ExitStatus::internal("session closed"),
-                event = input.recv() => match event {
+                () = io.cancel.cancelled() => return Err(RunError::Closed),
+                event = io.input.recv() => match event {
                     Some(Input::Data(d)) => stdin.extend_from_slice(&d),
                     Some(Input::Resize(_)) => {}
                     Some(Input::Eof) | None => break,
@@ -169,7 +118,8 @@ pub(crate) async fn run(config: RunConfig, request: SessionRequest, io: SessionI
         body.command = format!("launcher {}", body.command);
     }
     if send_input.base64 {
-        let _ = stderr
+        let _ = io
+            .stderr
             .write(Bytes::from_static(
                 b"dynoagent: the input contains 0x04 bytes, which heroku run's protocol reads as end of input; it is sent base64-encoded and decoded on the dyno instead (base64 -d)\n",
             ))
@@ -179,14 +129,14 @@ pub(crate) async fn run(config: RunConfig, request: SessionRequest, io: SessionI
     let create = client.create_dyno(&run_args.app, &body);
     tokio::pin!(create);
     let created = tokio::select! {
-        () = cancel.cancelled() => None,
+        () = io.cancel.cancelled() => None,
         r = &mut create => Some(r),
     };
     let dyno = match created {
         Some(Ok(d)) => d,
         Some(Err(e)) => {
             stop_unanswered_create(&config, &client, &run_args.app, &nonce, &e).await;
-            return ExitStatus::internal(e.to_string());
+            return Err(e.into());
         }
         None => {
             // The request may already have created the dyno: let it finish (bounded by the
@@ -199,23 +149,18 @@ pub(crate) async fn run(config: RunConfig, request: SessionRequest, io: SessionI
                 }
                 Err(e) => stop_unanswered_create(&config, &client, &run_args.app, &nonce, &e).await,
             }
-            return ExitStatus::internal("session closed");
+            return Err(RunError::Closed);
         }
     };
     tracing::info!(app = %run_args.app, dyno = %dyno.name, "one-off dyno created");
-    report.set_dyno(&dyno.name);
-    let status = attach(
-        &config,
-        &dyno,
-        &nonce,
-        send_input,
-        &mut input,
-        &stdout,
-        &stderr,
-        &cancel,
-        request.mode,
-    )
-    .await;
+    io.report.set_dyno(&dyno.name);
+    let plan = AttachPlan {
+        dyno: &dyno,
+        nonce: &nonce,
+        send: send_input,
+        mode: request.mode,
+    };
+    let status = attach(&config, plan, &mut io).await;
 
     // Always stop the dyno: a closed rendezvous stops it too, but a dropped agent must not
     // leave one running and billing.
@@ -329,36 +274,53 @@ fn base64_lines(data: &[u8]) -> Vec<u8> {
     out
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What to attach to: the created dyno, the session's marker nonce, the input plan and the
+/// session's mode.
+struct AttachPlan<'a> {
+    dyno: &'a heroku_api::Dyno,
+    nonce: &'a str,
+    send: SendInput,
+    mode: Mode,
+}
+
+/// Attaches to the dyno through rendezvous and streams both ways until the command's exit
+/// status (from the marker) or the end of the stream.
 async fn attach(
     config: &RunConfig,
-    dyno: &heroku_api::Dyno,
-    nonce: &str,
-    send: SendInput,
-    input: &mut tokio::sync::mpsc::Receiver<Input>,
-    stdout: &backend::OutputSink,
-    stderr: &backend::OutputSink,
-    cancel: &tokio_util::sync::CancellationToken,
-    mode: Mode,
-) -> ExitStatus {
+    plan: AttachPlan<'_>,
+    io: &mut SessionIo,
+) -> Result<ExitStatus, RunError> {
+    let AttachPlan {
+        dyno,
+        nonce,
+        send,
+        mode,
+    } = plan;
+    let SessionIo {
+        input,
+        stdout,
+        stderr,
+        cancel,
+        ..
+    } = io;
+    let (stdout, stderr, cancel) = (&*stdout, &*stderr, &*cancel);
     let Some(url) = dyno.attach_url.as_deref() else {
-        return ExitStatus::internal(format!(
-            "Heroku returned no attach URL for dyno {}",
-            dyno.name
-        ));
+        return Err(RunError::NoAttachUrl {
+            dyno: dyno.name.clone(),
+        });
     };
     let rv = tokio::select! {
-        () = cancel.cancelled() => return ExitStatus::internal("session closed"),
-        r = rendezvous::connect(url, &config.rendezvous) => match r {
-            Ok(rv) => rv,
-            Err(e) => return ExitStatus::internal(format!("attaching to dyno {}: {e}", dyno.name)),
-        },
+        () = cancel.cancelled() => return Err(RunError::Closed),
+        r = rendezvous::connect(url, &config.rendezvous) => r.map_err(|error| RunError::Attach {
+            dyno: dyno.name.clone(),
+            error,
+        })?,
     };
     let (mut reader, writer) = tokio::io::split(rv.stream);
     let mut scanner = MarkerScanner::new(nonce);
     let first = scanner.feed(&rv.leftover);
     if !first.is_empty() && stdout.write(first).await.is_err() {
-        return ExitStatus::internal("session closed");
+        return Err(RunError::Closed);
     }
 
     let input_side = async {
@@ -421,13 +383,13 @@ async fn attach(
                         return End::ClientGone;
                     }
                 }
-                Err(e) => return End::Dropped(e.to_string()),
+                Err(e) => return End::Dropped(e),
             }
         }
     };
     let end = match duplex::drive(cancel, input_side, output_side).await {
         Ending::Cancelled | Ending::Finished(End::ClientGone) => {
-            return ExitStatus::internal("session closed");
+            return Err(RunError::Closed);
         }
         Ending::Finished(end) => end,
     };
@@ -435,20 +397,11 @@ async fn attach(
     if !rest.is_empty() {
         let _ = stdout.write(rest).await;
     }
+    let dyno = dyno.name.clone();
     match (scanner.status(), end) {
-        (Some(0), _) => ExitStatus::success(),
-        (Some(code), _) => ExitStatus {
-            code,
-            message: format!("failed executing command, reason=exit status {code}"),
-        },
-        (None, End::Dropped(reason)) => ExitStatus::internal(format!(
-            "the connection to dyno {} dropped before the command finished ({reason}); its exit status is unknown",
-            dyno.name
-        )),
-        (None, _) => ExitStatus::internal(format!(
-            "the command on dyno {} ended before dynoagent's exit marker could run (the dyno's shell was killed or stopped from outside); its exit status is unknown",
-            dyno.name
-        )),
+        (Some(code), _) => Ok(ExitStatus::exited(code)),
+        (None, End::Dropped(error)) => Err(RunError::Dropped { dyno, error }),
+        (None, _) => Err(RunError::NoMarker { dyno }),
     }
 }
 
@@ -501,6 +454,6 @@ impl RemoteInput for Discard {
 enum End {
     Clean,
     DrainTimeout,
-    Dropped(String),
+    Dropped(std::io::Error),
     ClientGone,
 }

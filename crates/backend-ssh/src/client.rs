@@ -27,6 +27,7 @@ use russh::keys::ssh_key::{Algorithm, HashAlg, PrivateKey};
 use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelMsg, Disconnect, Preferred, Sig};
 
+use crate::error::SshError;
 use crate::hostkey::{HostKeyError, HostKeyPolicy, fingerprint};
 
 /// End of transmission: how a terminal's input is ended.
@@ -75,34 +76,6 @@ impl Default for ClientOptions {
             kill_grace: Duration::from_secs(2),
         }
     }
-}
-
-/// Why a connection or channel could not be set up. Messages never contain key material.
-#[derive(Debug, thiserror::Error)]
-pub enum SshError {
-    #[error("cannot connect to {addr}: {reason}")]
-    Connect { addr: String, reason: String },
-    #[error(
-        "connecting to {addr} timed out after {after:?} (TCP connect, key exchange and authentication)"
-    )]
-    Timeout { addr: String, after: Duration },
-    #[error("{0}")]
-    HostKey(#[from] HostKeyError),
-    #[error("SSH handshake with {addr} failed: {reason}")]
-    Handshake { addr: String, reason: String },
-    #[error(
-        "the server at {addr} refused public-key authentication for user {user:?} with the {algorithm} key {fingerprint}; check that this key's public half is in that user's authorized_keys"
-    )]
-    Auth {
-        addr: String,
-        user: String,
-        algorithm: String,
-        fingerprint: String,
-    },
-    #[error("cannot open an SSH session channel on {addr}: {reason}")]
-    Channel { addr: String, reason: String },
-    #[error("invalid private key: {0}")]
-    Key(String),
 }
 
 /// A verified, authenticated SSH connection.
@@ -368,7 +341,10 @@ impl Connection {
 
     /// Runs one channel to completion against `io`, then closes the connection.
     pub async fn run(self, spec: ChannelSpec, io: SessionIo) -> ExitStatus {
-        let status = self.run_channel(spec, io).await;
+        let status = self
+            .run_channel(spec, io)
+            .await
+            .unwrap_or_else(ExitStatus::from);
         let _ = self
             .handle
             .disconnect(Disconnect::ByApplication, "", "en")
@@ -376,7 +352,7 @@ impl Connection {
         status
     }
 
-    async fn run_channel(&self, spec: ChannelSpec, io: SessionIo) -> ExitStatus {
+    async fn run_channel(&self, spec: ChannelSpec, io: SessionIo) -> Result<ExitStatus, SshError> {
         let SessionIo {
             input,
             stdout,
@@ -385,21 +361,18 @@ impl Connection {
             ..
         } = io;
         let channel = tokio::select! {
-            () = cancel.cancelled() => return ExitStatus::internal("session closed"),
-            r = self.handle.channel_open_session() => match r {
-                Ok(c) => c,
-                Err(e) => return ExitStatus::internal(SshError::Channel {
-                    addr: self.target.addr(),
-                    reason: channel_open_reason(&e),
-                }.to_string()),
-            },
+            () = cancel.cancelled() => return Err(SshError::Closed),
+            r = self.handle.channel_open_session() => r.map_err(|e| SshError::Channel {
+                addr: self.target.addr(),
+                reason: channel_open_reason(&e),
+            })?,
         };
         let (mut read, write) = channel.split();
         let write = Arc::new(write);
         // Requests are sent with want_reply; their answers arrive in order on the channel.
         let mut pending: VecDeque<&'static str> = VecDeque::new();
         if let Some(size) = spec.pty {
-            if let Err(e) = write
+            write
                 .request_pty(
                     true,
                     &spec.term,
@@ -410,18 +383,14 @@ impl Connection {
                     &[],
                 )
                 .await
-            {
-                return ExitStatus::internal(format!("cannot request a terminal: {e}"));
-            }
+                .map_err(SshError::Terminal)?;
             pending.push_back("a terminal (pty-req)");
         }
         let sent = match &spec.start {
             Start::Exec(cmd) => write.exec(true, cmd.as_bytes()).await,
             Start::Shell => write.request_shell(true).await,
         };
-        if let Err(e) = sent {
-            return ExitStatus::internal(format!("cannot start the remote command: {e}"));
-        }
+        sent.map_err(SshError::Start)?;
         pending.push_back(match spec.start {
             Start::Exec(_) => "the command (exec)",
             Start::Shell => "a shell",
@@ -506,14 +475,14 @@ impl Connection {
         match duplex::drive(&cancel, input_side, output_side).await {
             Ending::Cancelled | Ending::Finished(ChannelEnd::ClientGone) => {
                 self.stop_remote(&write, &mut read, pty).await;
-                return ExitStatus::internal("session closed");
+                return Err(SshError::Closed);
             }
             Ending::Finished(ChannelEnd::Refused(what)) => {
                 let _ = write.close().await;
-                return ExitStatus::internal(format!(
-                    "the SSH server at {} refused {what}",
-                    self.target.addr()
-                ));
+                return Err(SshError::Refused {
+                    addr: self.target.addr(),
+                    what,
+                });
             }
             Ending::Finished(ChannelEnd::DrainTimeout) => {
                 tracing::debug!("ssh channel sent its exit status but did not close; ending it");
@@ -522,8 +491,8 @@ impl Connection {
             Ending::Finished(ChannelEnd::Closed) => {}
         }
         match outcome {
-            Some(Outcome::Code(code)) => status_from_code(code),
-            Some(Outcome::Signal { name, message }) => status_from_signal(&name, &message),
+            Some(Outcome::Code(code)) => Ok(status_from_code(code)),
+            Some(Outcome::Signal { name, message }) => Ok(status_from_signal(&name, &message)),
             None => {
                 let why = self
                     .ended
@@ -531,10 +500,10 @@ impl Connection {
                     .ok()
                     .and_then(|s| s.clone())
                     .unwrap_or_else(|| "the channel closed".to_owned());
-                ExitStatus::internal(format!(
-                    "the remote command on {} ended without an exit status ({why}); its exit status is unknown",
-                    self.target.addr()
-                ))
+                Err(SshError::NoExitStatus {
+                    addr: self.target.addr(),
+                    why,
+                })
             }
         }
     }
@@ -647,14 +616,7 @@ fn channel_open_reason(e: &russh::Error) -> String {
 
 /// Maps an SSH `exit-status`.
 pub fn status_from_code(code: u32) -> ExitStatus {
-    if code == 0 {
-        return ExitStatus::success();
-    }
-    let code = i32::try_from(code).unwrap_or(i32::MAX);
-    ExitStatus {
-        code,
-        message: format!("failed executing command, reason=exit status {code}"),
-    }
+    ExitStatus::exited(i32::try_from(code).unwrap_or(i32::MAX))
 }
 
 /// Maps an SSH `exit-signal` (a name like `TERM`) to `128 + n`.
@@ -668,9 +630,10 @@ pub fn status_from_signal(name: &str, message: &str) -> ExitStatus {
             }
             status
         }
-        None => ExitStatus::internal(format!(
-            "the remote command was killed by signal {name}, whose number is unknown here"
-        )),
+        None => SshError::UnknownSignal {
+            name: name.to_owned(),
+        }
+        .into(),
     }
 }
 

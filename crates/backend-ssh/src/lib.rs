@@ -25,6 +25,7 @@
 
 pub mod args;
 pub mod client;
+mod error;
 pub mod hostkey;
 
 use std::path::{Path, PathBuf};
@@ -34,11 +35,9 @@ use backend::{Backend, ExitStatus, Mode, SessionEnv, SessionIo, SessionRequest};
 use futures::future::BoxFuture;
 use russh::keys::PrivateKey;
 
-pub use client::{ChannelSpec, ClientOptions, Connection, SshError, Start, Target, connect};
+pub use client::{ChannelSpec, ClientOptions, Connection, Start, Target, connect};
+pub use error::SshError;
 pub use hostkey::{HostKeyError, HostKeyPolicy, KnownHosts, fingerprint};
-
-/// Exit code for a bad command line or configuration (nothing was dialled).
-const USAGE_EXIT_CODE: i32 = 2;
 
 /// Whether a connection command belongs to this backend: its program is `ssh` (any path).
 pub fn claims(command: &[String]) -> bool {
@@ -105,31 +104,24 @@ struct Plan {
     options: ClientOptions,
 }
 
-fn usage(message: impl std::fmt::Display) -> ExitStatus {
-    ExitStatus {
-        code: USAGE_EXIT_CODE,
-        message: message.to_string(),
-    }
-}
-
 async fn run(config: SshConfig, request: SessionRequest, io: SessionIo) -> ExitStatus {
     let plan = match plan(&config, &request).await {
         Ok(p) => p,
-        Err(status) => return status,
+        Err(e) => return e.into(),
     };
     tracing::debug!(host = %plan.target.host, port = plan.target.port, user = %plan.target.user, "ssh session connecting");
     let cancel = io.cancel.clone();
     let conn = tokio::select! {
-        () = cancel.cancelled() => return ExitStatus::internal("session closed"),
+        () = cancel.cancelled() => return SshError::Closed.into(),
         r = connect(&plan.target, plan.policy, Arc::new(plan.key), &plan.options) => match r {
             Ok(c) => c,
-            Err(e) => return ExitStatus::internal(e.to_string()),
+            Err(e) => return e.into(),
         },
     };
     conn.run(plan.spec, io).await
 }
 
-async fn plan(config: &SshConfig, request: &SessionRequest) -> Result<Plan, ExitStatus> {
+async fn plan(config: &SshConfig, request: &SessionRequest) -> Result<Plan, SshError> {
     // The connection's command is expanded (it names secrets as $VARS); the client's
     // arguments are taken exactly as typed and may not override what the connection set.
     let words: Vec<String> = request
@@ -142,18 +134,12 @@ async fn plan(config: &SshConfig, request: &SessionRequest) -> Result<Plan, Exit
         &words,
         request.env.connection_str(SSH_URI_VAR),
         &request.args,
-    )
-    .map_err(usage)?;
-    if parsed.host.is_none() {
-        return Err(usage(
-            "ssh: no destination: set SSH_URI (ssh://user@host:port) for this connection or pass user@host",
-        ));
-    }
-    let host = parsed.host.clone().unwrap_or_default();
+    )?;
+    let Some(host) = parsed.host.clone() else {
+        return Err(SshError::NoDestination);
+    };
     let Some(user) = parsed.user.clone() else {
-        return Err(usage(format!(
-            "ssh: no user for {host}: use user@host, ssh://user@host:port or -l USER"
-        )));
+        return Err(SshError::NoUser { host });
     };
     let port = parsed.port.unwrap_or(22);
     // Name where the key came from in messages, never the key itself.
@@ -220,11 +206,9 @@ pub const MAX_KNOWN_HOSTS_FILE: u64 = hostkey::MAX_KNOWN_HOSTS_BYTES;
 /// Loads the private key from PEM text, base64-wrapped PEM/OpenSSH text, or a file path.
 /// `source` names where the value came from, for messages. Errors never quote the value: a key
 /// that is not recognised as key text could still be one, so it is never echoed as a "path".
-fn load_key(identity: Option<&str>, source: &str) -> Result<PrivateKey, ExitStatus> {
+fn load_key(identity: Option<&str>, source: &str) -> Result<PrivateKey, SshError> {
     let Some(identity) = identity.filter(|i| !i.trim().is_empty()) else {
-        return Err(usage(
-            "ssh: no private key: set the connection secret SSH_PRIVATE_KEY (envvar: with the key text, or filesystem: for a file), or -i in the connection's command",
-        ));
+        return Err(SshError::NoKey);
     };
     let text = if looks_like_key_text(identity) {
         identity.to_owned()
@@ -234,23 +218,25 @@ fn load_key(identity: Option<&str>, source: &str) -> Result<PrivateKey, ExitStat
         .strip_prefix('$')
         .filter(|v| v.len() < 256 && !v.contains(char::is_whitespace))
     {
-        return Err(usage(format!(
-            "ssh: the private key variable {} is not set for this connection",
-            var.trim_matches(['{', '}'])
-        )));
+        return Err(SshError::KeyVariableUnset {
+            var: var.trim_matches(['{', '}']).to_owned(),
+        });
     } else if is_path_like(identity) {
-        backend::file::read_capped_text(Path::new(identity), MAX_KEY_FILE).map_err(|e| {
-            usage(format!(
-                "ssh: cannot use the private key file named by {source}: {e}; give a regular key file (at most {MAX_KEY_FILE} bytes) or the key's text"
-            ))
+        backend::file::read_capped_text(Path::new(identity), MAX_KEY_FILE).map_err(|error| {
+            SshError::KeyFile {
+                from: source.to_owned(),
+                error,
+            }
         })?
     } else {
-        return Err(usage(format!(
-            "ssh: the private key in {source} is neither key text (-----BEGIN …), base64 of key text, nor a file path; store the key's text as SSH_PRIVATE_KEY"
-        )));
+        return Err(SshError::NotKeyText {
+            from: source.to_owned(),
+        });
     };
-    client::parse_private_key(&text)
-        .map_err(|e| usage(format!("ssh: the private key in {source}: {e}")))
+    client::parse_private_key(&text).map_err(|error| SshError::KeyIn {
+        from: source.to_owned(),
+        error: Box::new(error),
+    })
 }
 
 fn looks_like_key_text(value: &str) -> bool {
@@ -284,7 +270,7 @@ fn is_path_like(value: &str) -> bool {
 fn host_key_policy(
     env: &SessionEnv,
     default_known_hosts: Option<&Path>,
-) -> Result<HostKeyPolicy, ExitStatus> {
+) -> Result<HostKeyPolicy, SshError> {
     if let Some(pins) = env
         .connection_str(SSH_HOST_KEY_VAR)
         .filter(|v| !v.trim().is_empty())
@@ -295,7 +281,7 @@ fn host_key_policy(
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .map(hostkey::parse_public_key_line)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| usage(format!("ssh: SSH_HOST_KEY: {e}")))?;
+            .map_err(SshError::HostKeyPins)?;
         return Ok(HostKeyPolicy::Pinned(keys));
     }
     if let Some(known) = env
@@ -305,29 +291,25 @@ fn host_key_policy(
         if !known.contains('\n') && is_path_like(known.trim()) {
             let path = Path::new(known.trim());
             return backend::file::read_capped_text(path, MAX_KNOWN_HOSTS_FILE)
-                .map(|text| HostKeyPolicy::KnownHosts(KnownHosts::parse(&text, path.display().to_string())))
-                .map_err(|e| {
-                    usage(format!(
-                        "ssh: cannot use the known_hosts file {} (SSH_KNOWN_HOSTS): {e}; give a regular file of at most {MAX_KNOWN_HOSTS_FILE} bytes or the known_hosts text",
-                        path.display()
-                    ))
+                .map(|text| {
+                    HostKeyPolicy::KnownHosts(KnownHosts::parse(&text, path.display().to_string()))
+                })
+                .map_err(|error| SshError::KnownHostsFile {
+                    path: path.display().to_string(),
+                    error,
                 });
         }
         let parsed = KnownHosts::parse(known, "SSH_KNOWN_HOSTS");
         if parsed.is_empty() {
-            return Err(usage(
-                "ssh: SSH_KNOWN_HOSTS is neither a readable file nor known_hosts text (lines like `[host]:port ssh-ed25519 AAAA…`)",
-            ));
+            return Err(SshError::KnownHostsText);
         }
         return Ok(HostKeyPolicy::KnownHosts(parsed));
     }
     match default_known_hosts {
         Some(path) => KnownHosts::from_file(path)
             .map(HostKeyPolicy::KnownHosts)
-            .map_err(|e| usage(format!("ssh: {e}"))),
-        None => Err(usage(
-            "ssh: no host keys to verify the server with: set SSH_KNOWN_HOSTS or SSH_HOST_KEY for this connection",
-        )),
+            .map_err(SshError::DefaultKnownHosts),
+        None => Err(SshError::NoHostKeys),
     }
 }
 

@@ -100,16 +100,22 @@ impl ExitStatus {
     pub fn from_process(status: std::process::ExitStatus) -> ExitStatus {
         use std::os::unix::process::ExitStatusExt as _;
         if let Some(code) = status.code() {
-            let message = if code == 0 {
-                String::new()
-            } else {
-                format!("failed executing command, reason=exit status {code}")
-            };
-            return ExitStatus { code, message };
+            return ExitStatus::exited(code);
         }
         match status.signal() {
             Some(sig) => ExitStatus::signaled(sig, signal_name(sig)),
             None => ExitStatus::internal("the process ended without an exit status"),
+        }
+    }
+
+    /// A command that exited with `code` (success for 0), as hoop words it.
+    pub fn exited(code: i32) -> ExitStatus {
+        if code == 0 {
+            return ExitStatus::success();
+        }
+        ExitStatus {
+            code,
+            message: format!("failed executing command, reason=exit status {code}"),
         }
     }
 
@@ -121,56 +127,6 @@ impl ExitStatus {
             message: format!("failed executing command, reason=killed by signal SIG{name}"),
         }
     }
-}
-
-/// Whether `app` can name a Heroku app: 3 to 30 lower-case letters, digits and dashes,
-/// starting with a letter, or an app id (a hyphenated UUID). Checked before any API call, so
-/// a hostile name never reaches a URL.
-pub fn is_heroku_app_name(app: &str) -> bool {
-    let uuid = app.len() == 36
-        && app.chars().enumerate().all(|(i, c)| {
-            matches!(i, 8 | 13 | 18 | 23) == (c == '-') && (c == '-' || c.is_ascii_hexdigit())
-        });
-    let name = (3..=30).contains(&app.len())
-        && app.starts_with(|c: char| c.is_ascii_lowercase())
-        && app
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    uuid || name
-}
-
-/// The connection variable that restricts which Heroku apps a session may touch.
-pub const APPS_ALLOWLIST_VAR: &str = "HEROKU_APPS";
-
-/// Checks `app` against the connection's `HEROKU_APPS` allowlist (comma-separated app names).
-/// No allowlist means every app the API key can reach. Called before any API call.
-pub fn check_app_allowed(env: &SessionEnv, app: &str) -> Result<(), ExitStatus> {
-    let Some(list) = env.connection_str(APPS_ALLOWLIST_VAR) else {
-        if env.named_by_connection(APPS_ALLOWLIST_VAR) {
-            // Set, but not readable as text (a `filesystem:` entry, bytes that are not
-            // UTF-8): fail closed rather than allow every app.
-            return Err(ExitStatus::internal(format!(
-                "app {app:?} is not allowed on this connection: its {APPS_ALLOWLIST_VAR} is not readable text, so no app is allowed; set it as an envvar: of comma-separated app names"
-            )));
-        }
-        return Ok(());
-    };
-    let allowed: Vec<&str> = list
-        .split(',')
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-        .collect();
-    if allowed.contains(&app) {
-        return Ok(());
-    }
-    Err(ExitStatus::internal(format!(
-        "app {app:?} is not allowed on this connection; {APPS_ALLOWLIST_VAR} allows: {}",
-        if allowed.is_empty() {
-            "no apps".to_owned()
-        } else {
-            allowed.join(", ")
-        }
-    )))
 }
 
 /// The connection variable that pins a connection's command: `true` (or `1`, `yes`) refuses
@@ -245,60 +201,6 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt as _;
-
-    #[test]
-    fn heroku_app_names_and_ids() {
-        for ok in [
-            "abc",
-            "my-app-2",
-            "a23456789012345678901234567890",
-            "01234567-89ab-cdef-0123-456789ABCDEF",
-        ] {
-            assert!(is_heroku_app_name(ok), "{ok}");
-        }
-        for bad in [
-            "ab",
-            "Bad_App",
-            "1app",
-            "app/../x",
-            "a234567890123456789012345678901",
-            "0123456789abcdef0123456789abcdef",
-            "{01234567-89ab-cdef-0123-456789abcdef}",
-        ] {
-            assert!(!is_heroku_app_name(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn the_app_allowlist_refuses_other_apps() {
-        let mut env = SessionEnv::default();
-        assert!(
-            check_app_allowed(&env, "any-app").is_ok(),
-            "no allowlist: everything allowed"
-        );
-        env.set(APPS_ALLOWLIST_VAR, "app-three");
-        assert!(
-            check_app_allowed(&env, "any-app").is_ok(),
-            "a client's value is not an allowlist"
-        );
-        let mut file = SessionEnv::default();
-        file.set_file_from_connection(APPS_ALLOWLIST_VAR, "/tmp/x.envfs");
-        let refused = check_app_allowed(&file, "any-app").unwrap_err();
-        assert!(
-            refused.message.contains("not readable text"),
-            "{}",
-            refused.message
-        );
-        env.set_from_connection(APPS_ALLOWLIST_VAR, "app-one, app-two");
-        assert!(check_app_allowed(&env, "app-two").is_ok());
-        let refused = check_app_allowed(&env, "app-three").unwrap_err();
-        assert_eq!(refused.code, INTERNAL_EXIT_CODE);
-        assert!(
-            refused.message.contains("app-one, app-two"),
-            "{}",
-            refused.message
-        );
-    }
 
     #[test]
     fn a_pinned_command_refuses_client_arguments() {
