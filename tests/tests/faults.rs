@@ -117,6 +117,11 @@ fn scenarios() -> Vec<Scenario> {
             limit: Duration::from_secs(60),
             run: |s| Box::pin(user_boundary_attacks_leak_nothing(s)),
         },
+        Scenario {
+            name: "local_terminal_1mib_paste_unread",
+            limit: Duration::from_secs(60),
+            run: |s| Box::pin(local_terminal_1mib_paste_unread(s)),
+        },
     ]
 }
 
@@ -436,10 +441,7 @@ fn refs(settings: &[(String, String)]) -> Vec<(&str, &str)> {
 }
 
 fn one_off_dynos(sim: &RunningSim) -> Vec<(String, String)> {
-    sim.dyno_states("demo")
-        .into_iter()
-        .filter(|(name, _)| name.starts_with("run."))
-        .collect()
+    dynoagent_tests::one_off_dynos(sim.dyno_states("demo"))
 }
 
 /// A `heroku run` session on app `demo`.
@@ -1513,6 +1515,91 @@ async fn user_boundary_attacks_leak_nothing(suite: Arc<Suite>) {
     suite.note(format!(
         "{} boundary attacks refused; their close messages hold none of the values",
         cases.len()
+    ));
+    agent.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cancel-safe backends (issue 14): a cancel or a fault in the middle of each backend phase
+// ---------------------------------------------------------------------------------------------
+
+/// The highest `tick-N` in `text`.
+fn last_tick(text: &[u8]) -> Option<u64> {
+    String::from_utf8_lossy(text)
+        .split("tick-")
+        .skip(1)
+        .filter_map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .max()
+}
+
+/// Defect 2: a local terminal whose process never reads its input (it prints a numbered tick
+/// every 100 ms) gets a 1 MiB paste in one packet. The terminal takes a few KiB and the rest
+/// of the write stays pending; meanwhile the process's output keeps arriving (ten more ticks)
+/// and an exec session beside it runs. The gateway's close then ends the session within the
+/// kill grace, and no process is left.
+async fn local_terminal_1mib_paste_unread(suite: Arc<Suite>) {
+    const PASTE: usize = 1 << 20;
+    let tag = suite.tag();
+    let (name, secret) = gateway_credentials(&suite);
+    let mut gw = FakeGateway::start(&name, &secret).await;
+    let mut agent = TestAgent::start(&gw.dsn(), &[]);
+    let stream = gw.next_agent().await;
+
+    let script = "echo ready; i=0; while :; do i=$((i+1)); echo tick-$i; sleep 0.1; done";
+    let (id, mut replies) =
+        open(&stream, Params::new(&["sh", "-c", script], "connect", &tag)).await;
+    start_terminal(&stream, &id).await;
+    let seen = wait_stdout(&mut replies, "tick-1\r\n").await;
+    let before = last_tick(&seen).unwrap();
+
+    // 64-byte lines (a terminal in canonical mode takes lines), 1 MiB in all.
+    let paste = [b"p".repeat(63), b"\n".to_vec()]
+        .concat()
+        .repeat(PASTE / 64);
+    assert_eq!(paste.len(), PASTE);
+    stream
+        .send(AgentPacket::TerminalWriteStdin {
+            session_id: id.clone(),
+            data: Bytes::from(paste),
+        })
+        .await;
+    let target = before + 10;
+    let during = wait_stdout(&mut replies, &format!("tick-{target}\r\n")).await;
+    let echoed = during.iter().filter(|b| **b == b'p').count();
+    assert!(
+        echoed < PASTE / 2,
+        "the terminal echoed {echoed} bytes of the paste: the process was meant not to read it"
+    );
+    assert!(!tag.processes().is_empty(), "the terminal's process runs");
+
+    // Another session is served while the paste is stuck.
+    let out = exec_once(&stream, Params::new(&["echo", "beside"], "exec", &tag), b"").await;
+    assert_eq!(out.stdout, b"beside\n", "{}", out.message);
+    assert_eq!(out.exit_code, Some(0));
+
+    let mark = suite.logs.mark();
+    let closed = Instant::now();
+    stream
+        .send(AgentPacket::SessionClose {
+            session_id: id.clone(),
+        })
+        .await;
+    agent.wait_idle().await;
+    let took = closed.elapsed();
+    tag.assert_no_processes();
+    let logs = suite.logs.text_since(mark);
+    assert!(
+        audit_line(&logs, &id).is_some(),
+        "no audit line for the closed session"
+    );
+    // The kill grace is 2 s (`TestAgent`); a stuck write must not add to it.
+    assert!(took < Duration::from_secs(5), "closing took {took:?}");
+    suite.note(format!(
+        "1 MiB paste: {echoed} bytes echoed, output kept flowing (tick {before} to {target}); closed in {:.2} s",
+        took.as_secs_f64()
     ));
     agent.shutdown().await;
 }
