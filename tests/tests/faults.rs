@@ -118,6 +118,11 @@ fn scenarios() -> Vec<Scenario> {
             run: |s| Box::pin(user_boundary_attacks_leak_nothing(s)),
         },
         Scenario {
+            name: "run_rendezvous_reset_mid_write",
+            limit: Duration::from_secs(60),
+            run: |s| Box::pin(run_rendezvous_reset_mid_write(s)),
+        },
+        Scenario {
             name: "local_terminal_1mib_paste_unread",
             limit: Duration::from_secs(60),
             run: |s| Box::pin(local_terminal_1mib_paste_unread(s)),
@@ -1522,6 +1527,108 @@ async fn user_boundary_attacks_leak_nothing(suite: Arc<Suite>) {
 // ---------------------------------------------------------------------------------------------
 // Cancel-safe backends (issue 14): a cancel or a fault in the middle of each backend phase
 // ---------------------------------------------------------------------------------------------
+
+/// The names of `dynos`, for comparing dyno sets whose states move on (`starting`, `up`).
+fn names(dynos: Vec<(String, String)>) -> Vec<String> {
+    dynos.into_iter().map(|(name, _)| name).collect()
+}
+
+/// Defect 1: a one-off dyno's rendezvous is reset (TCP RST) once it has read 32 KiB of a
+/// 7 MiB exec input that its command (`sleep`) never reads, so the agent's write is pending
+/// when the reset arrives. The session closes once, with 254 and a message that says the
+/// connection dropped, instead of hanging on the write; its dyno is stopped; a terminal
+/// session on another one-off dyno, open beside it the whole time, answers before and after.
+async fn run_rendezvous_reset_mid_write(suite: Arc<Suite>) {
+    // Under the session's 8 MiB input budget, and more than the loopback socket buffers take
+    // before the emulator's first read.
+    const INPUT: usize = 7 << 20;
+    let tag = suite.tag();
+    let sim = start_sim(&suite).await;
+    let baseline = sim.live_process_groups().len();
+    let (name, secret) = gateway_credentials(&suite);
+    let mut gw = FakeGateway::start(&name, &secret).await;
+    let settings = sim_settings(&sim);
+    let mut agent = TestAgent::start(&gw.dsn(), &refs(&settings));
+    let stream = gw.next_agent().await;
+
+    // Every rendezvous is reset after 32 KiB of input (less than the pipe to `sleep` holds, so
+    // the emulator's reads never wait on the command): the healthy session types far less.
+    sim.set_faults(Faults {
+        reset_rendezvous_after_input: Some(32 * 1024),
+        ..Faults::default()
+    });
+    let (healthy_id, mut healthy) = open(
+        &stream,
+        run_params(
+            &tag,
+            &sim,
+            "connect",
+            r#"echo ready; while IFS= read -r l; do echo "got:$l"; done"#,
+        ),
+    )
+    .await;
+    start_terminal(&stream, &healthy_id).await;
+    wait_stdout(&mut healthy, "ready").await;
+    stream.send(line(&healthy_id, "before-reset")).await;
+    wait_stdout(&mut healthy, "got:before-reset").await;
+    let healthy_dyno = names(one_off_dynos(&sim));
+    assert_eq!(healthy_dyno.len(), 1, "{healthy_dyno:?}");
+
+    let (id, mut replies) = open(&stream, run_params(&tag, &sim, "exec", "sleep 100")).await;
+    let started = Instant::now();
+    start_exec(&stream, &id, &vec![b'x'; INPUT]).await;
+    let out = tokio::time::timeout(WAIT, replies.until_close())
+        .await
+        .expect("the session hung after its rendezvous was reset mid-write");
+    let took = started.elapsed();
+    assert_eq!(out.exit_code, Some(254), "{}", out.message);
+    assert!(
+        out.message.contains("dropped") && out.message.contains("run."),
+        "the close must say the dyno's connection dropped: {}",
+        out.message
+    );
+    stream
+        .send(AgentPacket::SessionClose {
+            session_id: id.clone(),
+        })
+        .await;
+    wait_until("the reset session's dyno to stop", WAIT, || {
+        names(one_off_dynos(&sim)) == healthy_dyno
+    })
+    .await;
+
+    // The healthy session beside it still answers, then ends with its dyno.
+    stream.send(line(&healthy_id, "after-reset")).await;
+    wait_stdout(&mut healthy, "got:after-reset").await;
+    stream
+        .send(AgentPacket::SessionClose {
+            session_id: healthy_id,
+        })
+        .await;
+    agent.wait_idle().await;
+    assert!(
+        replies.try_next().is_none(),
+        "nothing may follow the session's close"
+    );
+    wait_until("the one-off dynos to stop", WAIT, || {
+        one_off_dynos(&sim).is_empty()
+    })
+    .await;
+    wait_until("the one-offs' processes to end", WAIT, || {
+        sim.live_process_groups().len() == baseline
+    })
+    .await;
+    sim.set_faults(Faults::default());
+    suite.note(format!(
+        "rendezvous reset mid-write of {} MiB: closed after {:.2} s with {:?}",
+        INPUT >> 20,
+        took.as_secs_f64(),
+        out.message
+    ));
+    agent.shutdown().await;
+    sim.shutdown().await;
+    tag.assert_no_processes();
+}
 
 /// The highest `tick-N` in `text`.
 fn last_tick(text: &[u8]) -> Option<u64> {
