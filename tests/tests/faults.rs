@@ -127,6 +127,11 @@ fn scenarios() -> Vec<Scenario> {
             limit: Duration::from_secs(60),
             run: |s| Box::pin(local_terminal_1mib_paste_unread(s)),
         },
+        Scenario {
+            name: "psexec_cancel_mid_channel",
+            limit: Duration::from_secs(60),
+            run: |s| Box::pin(psexec_cancel_mid_channel(s)),
+        },
     ]
 }
 
@@ -1709,4 +1714,117 @@ async fn local_terminal_1mib_paste_unread(suite: Arc<Suite>) {
         took.as_secs_f64()
     ));
     agent.shutdown().await;
+}
+
+/// Defect 3: the gateway closes a Heroku Exec session while its remote command runs. The
+/// agent stops the command the SSH way: a `TERM` signal request, then `KILL` after the kill
+/// grace (2 s) only if the command is still running, then a clean channel close. The
+/// emulator logs each signal request and each channel close (a dropped connection shows
+/// neither, and hangs the command up with `SIGHUP` instead). One command records the TERM and
+/// exits; the other records it and keeps running until the KILL. Each time the command's
+/// process group is gone afterwards and `web.1` stays up.
+async fn psexec_cancel_mid_channel(suite: Arc<Suite>) {
+    let tag = suite.tag();
+    let sim = start_sim(&suite).await;
+    let baseline = sim.live_process_groups().len();
+    let (name, secret) = gateway_credentials(&suite);
+    let mut gw = FakeGateway::start(&name, &secret).await;
+    let settings = sim_settings(&sim);
+    let mut agent = TestAgent::start(&gw.dsn(), &refs(&settings));
+    let stream = gw.next_agent().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut report = Vec::new();
+    for ignores_term in [false, true] {
+        let flag = dir.path().join(format!("term-{ignores_term}"));
+        let script = if ignores_term {
+            format!(
+                "trap 'echo got-term >> {}' TERM; echo started; while :; do sleep 1; done",
+                flag.display()
+            )
+        } else {
+            format!(
+                "trap 'echo got-term >> {}; exit 0' TERM; echo started; sleep 600 & wait",
+                flag.display()
+            )
+        };
+        let mark = suite.logs.mark();
+        let (id, mut replies) = open(&stream, psexec_params(&tag, &sim)).await;
+        start_exec(&stream, &id, script.as_bytes()).await;
+        wait_stdout(&mut replies, "started").await;
+        assert!(sim.live_process_groups().len() > baseline);
+
+        let closed = Instant::now();
+        stream
+            .send(AgentPacket::SessionClose {
+                session_id: id.clone(),
+            })
+            .await;
+        agent.wait_idle().await;
+        let took = closed.elapsed();
+        wait_until("the remote command's processes to end", WAIT, || {
+            sim.live_process_groups().len() == baseline
+        })
+        .await;
+        let got = std::fs::read_to_string(&flag).unwrap_or_default();
+        assert_eq!(
+            got, "got-term\n",
+            "the remote command (ignores TERM: {ignores_term}) must get exactly one TERM"
+        );
+        let logs = suite.logs.text_since(mark);
+        let count = |needles: &[&str]| {
+            logs.lines()
+                .filter(|l| needles.iter().all(|n| l.contains(n)))
+                .count()
+        };
+        let terms = count(&["ssh signal request", "signal=SIGTERM"]);
+        let kills = count(&["ssh signal request", "signal=SIGKILL"]);
+        let client_closes = count(&["ssh channel closed by the client"]);
+        let server_closes = count(&["exec channel closed after its process exited"]);
+        assert_eq!(
+            (terms, kills),
+            (1, usize::from(ignores_term)),
+            "(TERM, KILL) requests the emulator got (ignores TERM: {ignores_term})"
+        );
+        // The channel is closed, not the connection dropped: a command that honours TERM exits
+        // and the emulator closes the channel after its exit status (the agent waited for it);
+        // after a KILL the agent closes the channel itself, unless the emulator's close after
+        // the exit comes first (then the agent's close is only the answer).
+        if ignores_term {
+            assert!(
+                client_closes + server_closes >= 1,
+                "the channel was never closed (client {client_closes}, emulator {server_closes})"
+            );
+        } else {
+            assert_eq!(
+                server_closes, 1,
+                "the command did not end on its own after TERM"
+            );
+        }
+        assert!(audit_line(&logs, &id).is_some(), "no audit line for {id}");
+        if ignores_term {
+            assert!(
+                took >= Duration::from_millis(1900),
+                "KILL must wait for the 2 s grace, the session ended after {took:?}"
+            );
+        }
+        report.push(format!(
+            "{}: ended {:.2} s after the close",
+            if ignores_term {
+                "TERM ignored, KILL after the grace"
+            } else {
+                "TERM honoured"
+            },
+            took.as_secs_f64()
+        ));
+    }
+    assert_eq!(
+        sim.dyno_states("demo"),
+        vec![("web.1".to_owned(), "up".to_owned())],
+        "web.1 stays up and no one-off is left"
+    );
+    suite.note(format!("psexec cancel mid-channel: {}", report.join("; ")));
+    agent.shutdown().await;
+    sim.shutdown().await;
+    tag.assert_no_processes();
 }
