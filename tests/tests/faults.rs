@@ -1,7 +1,9 @@
 //! The fault suite (issue 8): the agent under a dying gateway, dropped rendezvous and SSH
-//! streams, Heroku API rate-limit and server-error storms, SIGTERM with 100 live sessions, and a
-//! flood of malformed packets, followed by a scan of every log line the suite produced for
-//! secrets.
+//! streams, Heroku API rate-limit and server-error storms, SIGTERM with 100 live sessions, a
+//! flood of malformed packets, and (issue 14) cancellation in the middle of each backend's
+//! phases: a rendezvous reset mid-write, a 1 MiB paste nobody reads, a cancel mid-channel, a
+//! close while a dyno create is in flight; followed by a scan of every log line the suite
+//! produced for secrets.
 //!
 //! This is a `harness = false` test binary because the secret scan needs every log line of
 //! every scenario: `main` installs one process-wide tracing subscriber that writes into memory
@@ -131,6 +133,11 @@ fn scenarios() -> Vec<Scenario> {
             name: "psexec_cancel_mid_channel",
             limit: Duration::from_secs(60),
             run: |s| Box::pin(psexec_cancel_mid_channel(s)),
+        },
+        Scenario {
+            name: "run_create_cancelled_mid_flight",
+            limit: Duration::from_secs(60),
+            run: |s| Box::pin(run_create_cancelled_mid_flight(s)),
         },
     ]
 }
@@ -1824,6 +1831,102 @@ async fn psexec_cancel_mid_channel(suite: Arc<Suite>) {
         "web.1 stays up and no one-off is left"
     );
     suite.note(format!("psexec cancel mid-channel: {}", report.join("; ")));
+    agent.shutdown().await;
+    sim.shutdown().await;
+    tag.assert_no_processes();
+}
+
+/// The gateway closes a `heroku run` session while its dyno create is in flight (the emulator
+/// creates the dyno at once and answers 3 s later). Once the create answers, the agent stops
+/// the dyno it never got to use (a `DELETE` of that dyno after the create's answer): no
+/// one-off dyno is left (polled with a deadline) and none of its processes; a session started
+/// afterwards works.
+async fn run_create_cancelled_mid_flight(suite: Arc<Suite>) {
+    const DELAY_MS: u64 = 3000;
+    let tag = suite.tag();
+    let sim = start_sim(&suite).await;
+    let baseline = sim.live_process_groups().len();
+    let (name, secret) = gateway_credentials(&suite);
+    let mut gw = FakeGateway::start(&name, &secret).await;
+    let settings = sim_settings(&sim);
+    let mut agent = TestAgent::start(&gw.dsn(), &refs(&settings));
+    let stream = gw.next_agent().await;
+
+    sim.set_faults(Faults {
+        create_response_delay_ms: DELAY_MS,
+        ..Faults::default()
+    });
+    let creates = sim.created_dynos().len();
+    let (id, _replies) = open(
+        &stream,
+        run_params(&tag, &sim, "exec", "echo started; sleep 100"),
+    )
+    .await;
+    start_exec(&stream, &id, b"").await;
+    wait_until(
+        "the dyno to exist while its create is in flight",
+        WAIT,
+        || !one_off_dynos(&sim).is_empty(),
+    )
+    .await;
+    let created = Instant::now();
+    assert_eq!(sim.created_dynos().len(), creates + 1, "one create");
+    let dyno = names(one_off_dynos(&sim)).remove(0);
+
+    let mark = suite.logs.mark();
+    stream
+        .send(AgentPacket::SessionClose {
+            session_id: id.clone(),
+        })
+        .await;
+    assert!(
+        created.elapsed() < Duration::from_millis(DELAY_MS),
+        "the close must arrive while the create is still in flight"
+    );
+    agent.wait_idle().await;
+    let ended = created.elapsed();
+    wait_until(
+        "the dyno created for the closed session to stop",
+        WAIT,
+        || one_off_dynos(&sim).is_empty(),
+    )
+    .await;
+    let stopped = created.elapsed();
+    wait_until("the dyno's processes to end", WAIT, || {
+        sim.live_process_groups().len() == baseline
+    })
+    .await;
+    let logs = suite.logs.text_since(mark);
+    assert!(audit_line(&logs, &id).is_some(), "no audit line for {id}");
+    // The agent stopped the dyno itself, with the name the late answer gave it (the emulator
+    // logs each API request as it answers it).
+    let position = |needle: &str| {
+        logs.lines()
+            .position(|l| l.contains("api request") && l.contains(needle))
+    };
+    let answered = position("method=POST path=/apps/demo/dynos status=201")
+        .expect("the create was never answered");
+    let deleted = position(&format!("method=DELETE path=/apps/demo/dynos/{dyno} "))
+        .unwrap_or_else(|| panic!("the agent never stopped {dyno}"));
+    assert!(
+        answered < deleted,
+        "{dyno} was stopped before its create answered"
+    );
+
+    sim.set_faults(Faults::default());
+    let out = exec_once(&stream, run_params(&tag, &sim, "exec", "echo after"), b"").await;
+    assert_eq!(out.stdout, b"after\n", "{}", out.message);
+    assert_eq!(out.exit_code, Some(0), "{}", out.message);
+    agent.wait_idle().await;
+    wait_until("the second one-off dyno to stop", WAIT, || {
+        one_off_dynos(&sim).is_empty()
+    })
+    .await;
+    suite.note(format!(
+        "create answered {DELAY_MS} ms late: the session ended {:.2} s and the dyno was gone {:.2} s after it was created",
+        ended.as_secs_f64(),
+        stopped.as_secs_f64()
+    ));
     agent.shutdown().await;
     sim.shutdown().await;
     tag.assert_no_processes();
