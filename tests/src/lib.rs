@@ -126,6 +126,16 @@ impl Params {
     }
 }
 
+/// The one-off dynos (`run.N`) among an app's `(name, state)` dynos as the emulator lists
+/// them (`herokusim::RunningSim::dyno_states`; herokusim is only a dev-dependency here, so
+/// this takes the list rather than the emulator).
+pub fn one_off_dynos(dynos: Vec<(String, String)>) -> Vec<(String, String)> {
+    dynos
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("run."))
+        .collect()
+}
+
 /// A fresh session id.
 pub fn sid() -> SessionId {
     SessionId::parse(uuid::Uuid::new_v4().to_string().as_bytes())

@@ -1,7 +1,9 @@
 //! The fault suite (issue 8): the agent under a dying gateway, dropped rendezvous and SSH
-//! streams, Heroku API rate-limit and server-error storms, SIGTERM with 100 live sessions, and a
-//! flood of malformed packets, followed by a scan of every log line the suite produced for
-//! secrets.
+//! streams, Heroku API rate-limit and server-error storms, SIGTERM with 100 live sessions, a
+//! flood of malformed packets, and (issue 14) cancellation in the middle of each backend's
+//! phases: a rendezvous reset mid-write, a 1 MiB paste nobody reads, a cancel mid-channel, a
+//! close while a dyno create is in flight; followed by a scan of every log line the suite
+//! produced for secrets.
 //!
 //! This is a `harness = false` test binary because the secret scan needs every log line of
 //! every scenario: `main` installs one process-wide tracing subscriber that writes into memory
@@ -121,6 +123,26 @@ fn scenarios() -> Vec<Scenario> {
             name: "blackholed_gateway_link",
             limit: Duration::from_secs(60),
             run: |s| Box::pin(blackholed_gateway_link(s)),
+        },
+        Scenario {
+            name: "run_rendezvous_reset_mid_write",
+            limit: Duration::from_secs(60),
+            run: |s| Box::pin(run_rendezvous_reset_mid_write(s)),
+        },
+        Scenario {
+            name: "local_terminal_1mib_paste_unread",
+            limit: Duration::from_secs(60),
+            run: |s| Box::pin(local_terminal_1mib_paste_unread(s)),
+        },
+        Scenario {
+            name: "psexec_cancel_mid_channel",
+            limit: Duration::from_secs(60),
+            run: |s| Box::pin(psexec_cancel_mid_channel(s)),
+        },
+        Scenario {
+            name: "run_create_cancelled_mid_flight",
+            limit: Duration::from_secs(60),
+            run: |s| Box::pin(run_create_cancelled_mid_flight(s)),
         },
     ]
 }
@@ -441,10 +463,7 @@ fn refs(settings: &[(String, String)]) -> Vec<(&str, &str)> {
 }
 
 fn one_off_dynos(sim: &RunningSim) -> Vec<(String, String)> {
-    sim.dyno_states("demo")
-        .into_iter()
-        .filter(|(name, _)| name.starts_with("run."))
-        .collect()
+    dynoagent_tests::one_off_dynos(sim.dyno_states("demo"))
 }
 
 /// A `heroku run` session on app `demo`.
@@ -1605,5 +1624,401 @@ async fn blackholed_gateway_link(suite: Arc<Suite>) {
     ));
     drop(stream);
     agent.shutdown().await;
+    tag.assert_no_processes();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cancel-safe backends (issue 14): a cancel or a fault in the middle of each backend phase
+// ---------------------------------------------------------------------------------------------
+
+/// The names of `dynos`, for comparing dyno sets whose states move on (`starting`, `up`).
+fn names(dynos: Vec<(String, String)>) -> Vec<String> {
+    dynos.into_iter().map(|(name, _)| name).collect()
+}
+
+/// Defect 1: a one-off dyno's rendezvous is reset (TCP RST) once it has read 32 KiB of a
+/// 7 MiB exec input that its command (`sleep`) never reads, so the agent's write is pending
+/// when the reset arrives. The session closes once, with 254 and a message that says the
+/// connection dropped, instead of hanging on the write; its dyno is stopped; a terminal
+/// session on another one-off dyno, open beside it the whole time, answers before and after.
+async fn run_rendezvous_reset_mid_write(suite: Arc<Suite>) {
+    // Under the session's 8 MiB input budget, and more than the loopback socket buffers take
+    // before the emulator's first read.
+    const INPUT: usize = 7 << 20;
+    let tag = suite.tag();
+    let sim = start_sim(&suite).await;
+    let baseline = sim.live_process_groups().len();
+    let (name, secret) = gateway_credentials(&suite);
+    let mut gw = FakeGateway::start(&name, &secret).await;
+    let settings = sim_settings(&sim);
+    let mut agent = TestAgent::start(&gw.dsn(), &refs(&settings));
+    let stream = gw.next_agent().await;
+
+    // Every rendezvous is reset after 32 KiB of input (less than the pipe to `sleep` holds, so
+    // the emulator's reads never wait on the command): the healthy session types far less.
+    sim.set_faults(Faults {
+        reset_rendezvous_after_input: Some(32 * 1024),
+        ..Faults::default()
+    });
+    let (healthy_id, mut healthy) = open(
+        &stream,
+        run_params(
+            &tag,
+            &sim,
+            "connect",
+            r#"echo ready; while IFS= read -r l; do echo "got:$l"; done"#,
+        ),
+    )
+    .await;
+    start_terminal(&stream, &healthy_id).await;
+    wait_stdout(&mut healthy, "ready").await;
+    stream.send(line(&healthy_id, "before-reset")).await;
+    wait_stdout(&mut healthy, "got:before-reset").await;
+    let healthy_dyno = names(one_off_dynos(&sim));
+    assert_eq!(healthy_dyno.len(), 1, "{healthy_dyno:?}");
+
+    let (id, mut replies) = open(&stream, run_params(&tag, &sim, "exec", "sleep 100")).await;
+    let started = Instant::now();
+    start_exec(&stream, &id, &vec![b'x'; INPUT]).await;
+    let out = tokio::time::timeout(WAIT, replies.until_close())
+        .await
+        .expect("the session hung after its rendezvous was reset mid-write");
+    let took = started.elapsed();
+    assert_eq!(out.exit_code, Some(254), "{}", out.message);
+    assert!(
+        out.message.contains("dropped") && out.message.contains("run."),
+        "the close must say the dyno's connection dropped: {}",
+        out.message
+    );
+    stream
+        .send(AgentPacket::SessionClose {
+            session_id: id.clone(),
+        })
+        .await;
+    wait_until("the reset session's dyno to stop", WAIT, || {
+        names(one_off_dynos(&sim)) == healthy_dyno
+    })
+    .await;
+
+    // The healthy session beside it still answers, then ends with its dyno.
+    stream.send(line(&healthy_id, "after-reset")).await;
+    wait_stdout(&mut healthy, "got:after-reset").await;
+    stream
+        .send(AgentPacket::SessionClose {
+            session_id: healthy_id,
+        })
+        .await;
+    agent.wait_idle().await;
+    assert!(
+        replies.try_next().is_none(),
+        "nothing may follow the session's close"
+    );
+    wait_until("the one-off dynos to stop", WAIT, || {
+        one_off_dynos(&sim).is_empty()
+    })
+    .await;
+    wait_until("the one-offs' processes to end", WAIT, || {
+        sim.live_process_groups().len() == baseline
+    })
+    .await;
+    sim.set_faults(Faults::default());
+    suite.note(format!(
+        "rendezvous reset mid-write of {} MiB: closed after {:.2} s with {:?}",
+        INPUT >> 20,
+        took.as_secs_f64(),
+        out.message
+    ));
+    agent.shutdown().await;
+    sim.shutdown().await;
+    tag.assert_no_processes();
+}
+
+/// The highest `tick-N` in `text`.
+fn last_tick(text: &[u8]) -> Option<u64> {
+    String::from_utf8_lossy(text)
+        .split("tick-")
+        .skip(1)
+        .filter_map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .max()
+}
+
+/// Defect 2: a local terminal whose process never reads its input (it prints a numbered tick
+/// every 100 ms) gets a 1 MiB paste in one packet. The terminal takes a few KiB and the rest
+/// of the write stays pending; meanwhile the process's output keeps arriving (ten more ticks)
+/// and an exec session beside it runs. The gateway's close then ends the session within the
+/// kill grace, and no process is left.
+async fn local_terminal_1mib_paste_unread(suite: Arc<Suite>) {
+    const PASTE: usize = 1 << 20;
+    let tag = suite.tag();
+    let (name, secret) = gateway_credentials(&suite);
+    let mut gw = FakeGateway::start(&name, &secret).await;
+    let mut agent = TestAgent::start(&gw.dsn(), &[]);
+    let stream = gw.next_agent().await;
+
+    let script = "echo ready; i=0; while :; do i=$((i+1)); echo tick-$i; sleep 0.1; done";
+    let (id, mut replies) =
+        open(&stream, Params::new(&["sh", "-c", script], "connect", &tag)).await;
+    start_terminal(&stream, &id).await;
+    let seen = wait_stdout(&mut replies, "tick-1\r\n").await;
+    let before = last_tick(&seen).unwrap();
+
+    // 64-byte lines (a terminal in canonical mode takes lines), 1 MiB in all.
+    let paste = [b"p".repeat(63), b"\n".to_vec()]
+        .concat()
+        .repeat(PASTE / 64);
+    assert_eq!(paste.len(), PASTE);
+    stream
+        .send(AgentPacket::TerminalWriteStdin {
+            session_id: id.clone(),
+            data: Bytes::from(paste),
+        })
+        .await;
+    let target = before + 10;
+    let during = wait_stdout(&mut replies, &format!("tick-{target}\r\n")).await;
+    let echoed = during.iter().filter(|b| **b == b'p').count();
+    assert!(
+        echoed < PASTE / 2,
+        "the terminal echoed {echoed} bytes of the paste: the process was meant not to read it"
+    );
+    assert!(!tag.processes().is_empty(), "the terminal's process runs");
+
+    // Another session is served while the paste is stuck.
+    let out = exec_once(&stream, Params::new(&["echo", "beside"], "exec", &tag), b"").await;
+    assert_eq!(out.stdout, b"beside\n", "{}", out.message);
+    assert_eq!(out.exit_code, Some(0));
+
+    let mark = suite.logs.mark();
+    let closed = Instant::now();
+    stream
+        .send(AgentPacket::SessionClose {
+            session_id: id.clone(),
+        })
+        .await;
+    agent.wait_idle().await;
+    let took = closed.elapsed();
+    tag.assert_no_processes();
+    let logs = suite.logs.text_since(mark);
+    assert!(
+        audit_line(&logs, &id).is_some(),
+        "no audit line for the closed session"
+    );
+    // The kill grace is 2 s (`TestAgent`); a stuck write must not add to it.
+    assert!(took < Duration::from_secs(5), "closing took {took:?}");
+    suite.note(format!(
+        "1 MiB paste: {echoed} bytes echoed, output kept flowing (tick {before} to {target}); closed in {:.2} s",
+        took.as_secs_f64()
+    ));
+    agent.shutdown().await;
+}
+
+/// Defect 3: the gateway closes a Heroku Exec session while its remote command runs. The
+/// agent stops the command the SSH way: a `TERM` signal request, then `KILL` after the kill
+/// grace (2 s) only if the command is still running, then a clean channel close. The
+/// emulator logs each signal request and each channel close (a dropped connection shows
+/// neither, and hangs the command up with `SIGHUP` instead). One command records the TERM and
+/// exits; the other records it and keeps running until the KILL. Each time the command's
+/// process group is gone afterwards and `web.1` stays up.
+async fn psexec_cancel_mid_channel(suite: Arc<Suite>) {
+    let tag = suite.tag();
+    let sim = start_sim(&suite).await;
+    let baseline = sim.live_process_groups().len();
+    let (name, secret) = gateway_credentials(&suite);
+    let mut gw = FakeGateway::start(&name, &secret).await;
+    let settings = sim_settings(&sim);
+    let mut agent = TestAgent::start(&gw.dsn(), &refs(&settings));
+    let stream = gw.next_agent().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut report = Vec::new();
+    for ignores_term in [false, true] {
+        let flag = dir.path().join(format!("term-{ignores_term}"));
+        let script = if ignores_term {
+            format!(
+                "trap 'echo got-term >> {}' TERM; echo started; while :; do sleep 1; done",
+                flag.display()
+            )
+        } else {
+            format!(
+                "trap 'echo got-term >> {}; exit 0' TERM; echo started; sleep 600 & wait",
+                flag.display()
+            )
+        };
+        let mark = suite.logs.mark();
+        let (id, mut replies) = open(&stream, psexec_params(&tag, &sim)).await;
+        start_exec(&stream, &id, script.as_bytes()).await;
+        wait_stdout(&mut replies, "started").await;
+        assert!(sim.live_process_groups().len() > baseline);
+
+        let closed = Instant::now();
+        stream
+            .send(AgentPacket::SessionClose {
+                session_id: id.clone(),
+            })
+            .await;
+        agent.wait_idle().await;
+        let took = closed.elapsed();
+        wait_until("the remote command's processes to end", WAIT, || {
+            sim.live_process_groups().len() == baseline
+        })
+        .await;
+        let got = std::fs::read_to_string(&flag).unwrap_or_default();
+        assert_eq!(
+            got, "got-term\n",
+            "the remote command (ignores TERM: {ignores_term}) must get exactly one TERM"
+        );
+        let logs = suite.logs.text_since(mark);
+        let count = |needles: &[&str]| {
+            logs.lines()
+                .filter(|l| needles.iter().all(|n| l.contains(n)))
+                .count()
+        };
+        let terms = count(&["ssh signal request", "signal=SIGTERM"]);
+        let kills = count(&["ssh signal request", "signal=SIGKILL"]);
+        let client_closes = count(&["ssh channel closed by the client"]);
+        let server_closes = count(&["exec channel closed after its process exited"]);
+        assert_eq!(
+            (terms, kills),
+            (1, usize::from(ignores_term)),
+            "(TERM, KILL) requests the emulator got (ignores TERM: {ignores_term})"
+        );
+        // The channel is closed, not the connection dropped: a command that honours TERM exits
+        // and the emulator closes the channel after its exit status (the agent waited for it);
+        // after a KILL the agent closes the channel itself, unless the emulator's close after
+        // the exit comes first (then the agent's close is only the answer).
+        if ignores_term {
+            assert!(
+                client_closes + server_closes >= 1,
+                "the channel was never closed (client {client_closes}, emulator {server_closes})"
+            );
+        } else {
+            assert_eq!(
+                server_closes, 1,
+                "the command did not end on its own after TERM"
+            );
+        }
+        assert!(audit_line(&logs, &id).is_some(), "no audit line for {id}");
+        if ignores_term {
+            assert!(
+                took >= Duration::from_millis(1900),
+                "KILL must wait for the 2 s grace, the session ended after {took:?}"
+            );
+        }
+        report.push(format!(
+            "{}: ended {:.2} s after the close",
+            if ignores_term {
+                "TERM ignored, KILL after the grace"
+            } else {
+                "TERM honoured"
+            },
+            took.as_secs_f64()
+        ));
+    }
+    assert_eq!(
+        sim.dyno_states("demo"),
+        vec![("web.1".to_owned(), "up".to_owned())],
+        "web.1 stays up and no one-off is left"
+    );
+    suite.note(format!("psexec cancel mid-channel: {}", report.join("; ")));
+    agent.shutdown().await;
+    sim.shutdown().await;
+    tag.assert_no_processes();
+}
+
+/// The gateway closes a `heroku run` session while its dyno create is in flight (the emulator
+/// creates the dyno at once and answers 3 s later). Once the create answers, the agent stops
+/// the dyno it never got to use (a `DELETE` of that dyno after the create's answer): no
+/// one-off dyno is left (polled with a deadline) and none of its processes; a session started
+/// afterwards works.
+async fn run_create_cancelled_mid_flight(suite: Arc<Suite>) {
+    const DELAY_MS: u64 = 3000;
+    let tag = suite.tag();
+    let sim = start_sim(&suite).await;
+    let baseline = sim.live_process_groups().len();
+    let (name, secret) = gateway_credentials(&suite);
+    let mut gw = FakeGateway::start(&name, &secret).await;
+    let settings = sim_settings(&sim);
+    let mut agent = TestAgent::start(&gw.dsn(), &refs(&settings));
+    let stream = gw.next_agent().await;
+
+    sim.set_faults(Faults {
+        create_response_delay_ms: DELAY_MS,
+        ..Faults::default()
+    });
+    let creates = sim.created_dynos().len();
+    let (id, _replies) = open(
+        &stream,
+        run_params(&tag, &sim, "exec", "echo started; sleep 100"),
+    )
+    .await;
+    start_exec(&stream, &id, b"").await;
+    wait_until(
+        "the dyno to exist while its create is in flight",
+        WAIT,
+        || !one_off_dynos(&sim).is_empty(),
+    )
+    .await;
+    let created = Instant::now();
+    assert_eq!(sim.created_dynos().len(), creates + 1, "one create");
+    let dyno = names(one_off_dynos(&sim)).remove(0);
+
+    let mark = suite.logs.mark();
+    stream
+        .send(AgentPacket::SessionClose {
+            session_id: id.clone(),
+        })
+        .await;
+    assert!(
+        created.elapsed() < Duration::from_millis(DELAY_MS),
+        "the close must arrive while the create is still in flight"
+    );
+    agent.wait_idle().await;
+    let ended = created.elapsed();
+    wait_until(
+        "the dyno created for the closed session to stop",
+        WAIT,
+        || one_off_dynos(&sim).is_empty(),
+    )
+    .await;
+    let stopped = created.elapsed();
+    wait_until("the dyno's processes to end", WAIT, || {
+        sim.live_process_groups().len() == baseline
+    })
+    .await;
+    let logs = suite.logs.text_since(mark);
+    assert!(audit_line(&logs, &id).is_some(), "no audit line for {id}");
+    // The agent stopped the dyno itself, with the name the late answer gave it (the emulator
+    // logs each API request as it answers it).
+    let position = |needle: &str| {
+        logs.lines()
+            .position(|l| l.contains("api request") && l.contains(needle))
+    };
+    let answered = position("method=POST path=/apps/demo/dynos status=201")
+        .expect("the create was never answered");
+    let deleted = position(&format!("method=DELETE path=/apps/demo/dynos/{dyno} "))
+        .unwrap_or_else(|| panic!("the agent never stopped {dyno}"));
+    assert!(
+        answered < deleted,
+        "{dyno} was stopped before its create answered"
+    );
+
+    sim.set_faults(Faults::default());
+    let out = exec_once(&stream, run_params(&tag, &sim, "exec", "echo after"), b"").await;
+    assert_eq!(out.stdout, b"after\n", "{}", out.message);
+    assert_eq!(out.exit_code, Some(0), "{}", out.message);
+    agent.wait_idle().await;
+    wait_until("the second one-off dyno to stop", WAIT, || {
+        one_off_dynos(&sim).is_empty()
+    })
+    .await;
+    suite.note(format!(
+        "create answered {DELAY_MS} ms late: the session ended {:.2} s and the dyno was gone {:.2} s after it was created",
+        ended.as_secs_f64(),
+        stopped.as_secs_f64()
+    ));
+    agent.shutdown().await;
+    sim.shutdown().await;
     tag.assert_no_processes();
 }

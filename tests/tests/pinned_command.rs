@@ -144,11 +144,7 @@ async fn a_pinned_command_refuses_client_arguments_for_run_psexec_and_ssh() {
     refused(&out, "ssh");
 
     agent.wait_idle().await;
-    let left: Vec<_> = sim
-        .dyno_states("demo")
-        .into_iter()
-        .filter(|(name, _)| name.starts_with("run."))
-        .collect();
+    let left = dynoagent_tests::one_off_dynos(sim.dyno_states("demo"));
     assert!(left.is_empty(), "one-off dynos left: {left:?}");
     agent.shutdown().await;
     sim.shutdown().await;

@@ -111,11 +111,7 @@ impl Env {
     }
 
     fn one_off_dynos_of(&self, app: &str) -> Vec<(String, String)> {
-        self.sim
-            .dyno_states(app)
-            .into_iter()
-            .filter(|(name, _)| name.starts_with("run."))
-            .collect()
+        dynoagent_tests::one_off_dynos(self.sim.dyno_states(app))
     }
 
     /// Ends the test: no session, no one-off dyno, no process left.

@@ -470,6 +470,8 @@ impl russh::server::Handler for Conn {
             Sig::USR1 => Signal::SIGUSR1,
             Sig::Custom(_) => return Ok(()),
         };
+        // Logged so that tests can tell a client's TERM/KILL from the emulator's own hang-up.
+        tracing::debug!(peer = %self.peer, channel = %channel, signal = %sig, "ssh signal request");
         if let Some(tx) = self.channels.get(&channel).and_then(|s| s.input.as_ref()) {
             let _ = tx.send(ChanInput::Signal(sig)).await;
         }
@@ -504,6 +506,8 @@ impl russh::server::Handler for Conn {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        // Logged so that tests can tell a clean channel close from a dropped connection.
+        tracing::debug!(peer = %self.peer, channel = %channel, "ssh channel closed by the client");
         // Dropping the sender tells the channel's task the client is gone.
         self.channels.remove(&channel);
         Ok(())
@@ -723,6 +727,8 @@ impl ChannelJob {
         }
         let _ = self.handle.eof(self.channel).await;
         let _ = self.handle.close(self.channel).await;
+        // A hang-up (the client gone) returns above without this line.
+        tracing::debug!(channel = %self.channel, "exec channel closed after its process exited");
     }
 
     async fn fail(self, e: &io::Error) {
