@@ -259,6 +259,51 @@ impl Terminal {
         Ok(started.elapsed())
     }
 
+    /// Pastes `total` bytes in `chunk`-byte packets into a terminal whose process never reads
+    /// them, reading output and the close meanwhile (a client that stops sending on close,
+    /// as hoop's does). Returns what was sent and the close's message, if the session closed
+    /// (waiting at most `linger` for it after the last packet).
+    pub async fn paste_unread(
+        &mut self,
+        total: usize,
+        chunk: usize,
+        linger: Duration,
+    ) -> anyhow::Result<(usize, Option<String>)> {
+        let piece = Bytes::from(vec![b'x'; chunk]);
+        let mut sent = 0;
+        // Sending and receiving race in one `select!`: each branch's future is cancel-safe
+        // (an unfinished `send` sends nothing), and no handler awaits.
+        while sent < total {
+            tokio::select! {
+                r = self.tx.send(packet(pt::AGENT_TERMINAL_WRITE_STDIN, piece.clone())) => {
+                    if r.is_err() {
+                        // The gateway ended the call; its close is still to be read.
+                        break;
+                    }
+                    sent += piece.len();
+                }
+                m = self.inbound.message() => {
+                    let p = m?.context("the gateway ended the stream")?;
+                    if p.r#type == pt::CLIENT_SESSION_CLOSE {
+                        return Ok((sent, Some(String::from_utf8_lossy(&p.payload).into_owned())));
+                    }
+                }
+            }
+        }
+        let deadline = tokio::time::Instant::now() + linger;
+        loop {
+            let Ok(m) = tokio::time::timeout_at(deadline, self.inbound.message()).await else {
+                return Ok((sent, None));
+            };
+            let Some(p) = m? else {
+                return Ok((sent, None));
+            };
+            if p.r#type == pt::CLIENT_SESSION_CLOSE {
+                return Ok((sent, Some(String::from_utf8_lossy(&p.payload).into_owned())));
+            }
+        }
+    }
+
     /// Ends the session as a client that leaves does (`AgentSessionClose`, then half-close).
     pub async fn close(self) {
         let _ = self

@@ -10,6 +10,8 @@
 //! * scale: N concurrent `connect` sessions running `cat`; the agent's RSS per session and
 //!   the keystroke echo latency under a typing load.
 //! * slow consumer: a stream read at a limited rate; the agent's peak RSS.
+//! * input budget: N terminals each pasted 64 MiB that their process never reads; the
+//!   agent's peak RSS (its byte budgets must hold it, whatever the clients send).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -38,6 +40,9 @@ pub struct Params {
     pub slow_bytes: u64,
     pub slow_rate: f64,
     pub slow_runs: usize,
+    pub budget_sessions: usize,
+    pub budget_bytes: u64,
+    pub budget_runs: usize,
     pub heroku_cli: Option<PathBuf>,
 }
 
@@ -999,5 +1004,125 @@ pub async fn slow_consumer(ctx: &mut Ctx<'_>) -> Vec<Row> {
             "client read rate achieved: {} MB/s",
             median(&rates).map_or_else(|| "n/a".into(), |r| format!("{r:.1}"))
         ),
+    }]
+}
+
+/// What one input-budget run saw.
+struct BudgetRun {
+    idle_mib: f64,
+    peak_mib: f64,
+    note: String,
+}
+
+/// One run of [`input_budget`]: a fresh agent, N terminals on `sleep`, each pasted
+/// `budget_bytes` in 1 MiB packets at once.
+async fn input_budget_run(ctx: &mut Ctx<'_>) -> anyhow::Result<BudgetRun> {
+    const CHUNK: usize = 1 << 20;
+    let p = ctx.params;
+    let n = p.budget_sessions;
+    let total = usize::try_from(p.budget_bytes)?;
+    ctx.stack.restart_agent().await?;
+    let (_, idle_hwm) = ctx.stack.agent_memory()?;
+    let pid = ctx.stack.agent_pid()?;
+    let addr = ctx.stack.gateway_addr()?;
+    let cancel = ctx.cancel.clone();
+    let started = Instant::now();
+    let limit = Duration::from_secs(180 + n as u64);
+    let outcomes = bounded(&cancel, limit, "pasting", async {
+        let mut channels = Vec::new();
+        for _ in 0..n.div_ceil(STREAMS_PER_CHANNEL) {
+            channels.push(client::channel(addr).await?);
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let channel = channels
+                .get(i / STREAMS_PER_CHANNEL)
+                .cloned()
+                .context("no channel")?;
+            set.spawn(async move {
+                let mut t = Terminal::open(channel, stack::TOKEN, conn::SLEEP).await?;
+                let r = t.paste_unread(total, CHUNK, Duration::from_secs(30)).await;
+                t.close().await;
+                r
+            });
+        }
+        let mut outcomes = Vec::with_capacity(n);
+        while let Some(joined) = set.join_next().await {
+            outcomes.push(joined??);
+        }
+        anyhow::Ok(outcomes)
+    })
+    .await?;
+    let secs = started.elapsed().as_secs_f64();
+    let (_, peak_hwm) = ctx.stack.agent_memory()?;
+    if !crate::proc::wait_no_children(pid, Duration::from_secs(60)).await {
+        bail!("the sessions' processes did not all end within 60 s of closing");
+    }
+    if let Err(e) = ctx.stack.clear_audit().await {
+        crate::note(&format!("cannot clear the audit store: {e:#}"));
+    }
+    let sent: usize = outcomes.iter().map(|(s, _)| s).sum();
+    let closed_by = |var: &str| {
+        outcomes
+            .iter()
+            .filter(|(_, c)| c.as_deref().is_some_and(|m| m.contains(var)))
+            .count()
+    };
+    let session_budget = closed_by("DYNOAGENT_SESSION_INPUT_MIB");
+    let agent_budget = closed_by("DYNOAGENT_INPUT_BUDGET_MIB");
+    let open = outcomes.iter().filter(|(_, c)| c.is_none()).count();
+    let other = n - session_budget - agent_budget - open;
+    Ok(BudgetRun {
+        idle_mib: idle_hwm as f64 / 1024.0,
+        peak_mib: peak_hwm as f64 / 1024.0,
+        note: format!(
+            "{:.0} MiB offered in {secs:.1} s; closed by the session budget {session_budget}, by the agent budget {agent_budget}, otherwise {other}, still open {open}",
+            sent as f64 / 1048576.0
+        ),
+    })
+}
+
+/// N terminals, each pasted 64 MiB that its process never reads: the agent's peak RSS. The
+/// byte budgets (8 MiB per session, 64 MiB per agent, by default) must keep it under 256 MiB,
+/// so that a 512 MB dyno survives any client.
+pub async fn input_budget(ctx: &mut Ctx<'_>) -> Vec<Row> {
+    let (mut peak, mut idle): (Series, Series) = Default::default();
+    let mut notes = Vec::new();
+    for i in 1..=ctx.params.budget_runs {
+        if ctx.cancel.is_cancelled() || !peak.active() {
+            break;
+        }
+        crate::note(&format!(
+            "input budget run {i}/{} ({} sessions)",
+            ctx.params.budget_runs, ctx.params.budget_sessions
+        ));
+        match input_budget_run(ctx).await {
+            Ok(r) => {
+                crate::note(&format!("  {}", r.note));
+                idle.push("idle VmHWM MiB", Ok(r.idle_mib));
+                peak.push("peak VmHWM MiB", Ok(r.peak_mib));
+                notes.push(r.note);
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                crate::note(&format!("  input budget run failed: {msg}"));
+                crate::note(&ctx.stack.agent_log_tail());
+                peak.push("peak VmHWM", Err(anyhow!("{msg}")));
+                idle.error = Some(msg);
+            }
+        }
+    }
+    let p = ctx.params;
+    vec![Row {
+        figure: format!(
+            "input budget: agent peak RSS ({} terminals x {} MiB unread)",
+            p.budget_sessions,
+            p.budget_bytes / (1024 * 1024)
+        ),
+        unit: Unit::MiB,
+        value: peak.runs(),
+        anchor: Some(("idle agent (VmHWM)".into(), idle.runs())),
+        target: Some(Target::AtMost(256.0)),
+        note: notes.join(" | "),
     }]
 }

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::figures::{Ctx, Params, Paths};
 
-const FIGURES: [&str; 8] = [
+const FIGURES: [&str; 9] = [
     "throughput",
     "throughput-local",
     "throughput-ssh",
@@ -44,18 +44,19 @@ const FIGURES: [&str; 8] = [
     "setup",
     "scale",
     "slow",
+    "budget",
 ];
 
 /// Benchmarks dynoagent against OpenSSH, plain pipes and the real Heroku CLI, on loopback.
 #[derive(Debug, Parser)]
 #[command(name = "dynobench")]
 struct Cli {
-    /// Smaller sizes and counts (64 MiB streams, 50 setup sessions, 200 terminals, fewer
-    /// keystrokes): one to two minutes instead of about nine.
+    /// Smaller sizes and counts (64 MiB streams, 50 setup sessions, 200 terminals, 20 pasted
+    /// terminals, fewer keystrokes): about four minutes instead of about twenty.
     #[arg(long)]
     quick: bool,
     /// Only these figures: throughput (or throughput-local, -ssh, -run, -psexec), setup,
-    /// scale, slow. Repeat or separate with commas.
+    /// scale, slow, budget. Repeat or separate with commas.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Runs per figure (default: 5 for throughput, 3 for the others; 3 with --quick).
@@ -106,6 +107,9 @@ fn params(cli: &Cli) -> Params {
         slow_bytes: if q { 64 * MIB } else { 1024 * MIB },
         slow_rate: cli.slow_rate.max(0.1) * 1e6,
         slow_runs: other_runs,
+        budget_sessions: if q { 20 } else { 100 },
+        budget_bytes: 64 * MIB,
+        budget_runs: other_runs,
         heroku_cli: cli.heroku_cli.clone(),
     }
 }
@@ -279,6 +283,9 @@ async fn run(cli: Cli, params: Params, agent: PathBuf) -> ExitCode {
     }
     if selected(only, "slow") && !cancel.is_cancelled() {
         rows.extend(Box::pin(figures::slow_consumer(&mut ctx)).await);
+    }
+    if selected(only, "budget") && !cancel.is_cancelled() {
+        rows.extend(Box::pin(figures::input_budget(&mut ctx)).await);
     }
     note("stopping the agent, the gateway, the emulator and sshd");
     stack.shutdown().await;

@@ -33,6 +33,9 @@ pub mod conn {
     pub const HEAD: &str = "head";
     pub const TRUE: &str = "true";
     pub const CAT: &str = "cat";
+    /// A terminal whose process never reads its input. Raw mode: in canonical mode the line
+    /// discipline would echo and discard what overflows its 4 KiB line, consuming the input.
+    pub const SLEEP: &str = "sleep";
     pub const SSH: &str = "ssh";
     pub const RUN: &str = "heroku-run";
     pub const PSEXEC: &str = "psexec";
@@ -205,6 +208,11 @@ fn connections(sim: &RunningSim, sshd: &Sshd) -> anyhow::Result<Vec<ConnectionDe
         conn(conn::HEAD, &["head"], &[]),
         conn(conn::TRUE, &["true"], &[]),
         conn(conn::CAT, &["cat"], &[]),
+        conn(
+            conn::SLEEP,
+            &["sh", "-c", "stty raw -echo && exec sleep 3600"],
+            &[],
+        ),
         conn(
             conn::SSH,
             &["ssh", "$SSH_URI", "-i", "$SSH_PRIVATE_KEY"],
