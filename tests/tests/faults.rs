@@ -674,6 +674,16 @@ async fn gateway_killed_and_restarted_mid_session(suite: Arc<Suite>) {
         attempts(&relay.accepts()[accepted_before..], gap).len() >= 2
     })
     .await;
+    // One attempt may open more than one connection (tonic redials within it); let the second
+    // attempt end before the gateway returns, or its late connection would get through and
+    // count as that attempt.
+    wait_until("the second attempt to end", WAIT, || {
+        relay
+            .accepts()
+            .last()
+            .is_some_and(|last| last.elapsed() >= gap)
+    })
+    .await;
     let mut gw2 = FakeGateway::start(&name, &secret).await;
     relay.set_upstream(Some(gw2.addr()));
     let stream2 = gw2.next_agent().await;
