@@ -70,7 +70,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-pub use config::{AppConfig, DEMO_API_KEY, DynoConfig, SimConfig};
+pub use config::{
+    AppConfig, DEMO_API_KEY, DynoConfig, Generation, SimConfig, SpaceKind, fir_dyno_name,
+};
 pub use faults::Faults;
 pub use rendezvous::ACK as RENDEZVOUS_ACK;
 
@@ -145,8 +147,17 @@ impl Sim {
     /// Validates `config`, generates the test CA and SSH host key, binds every listener on
     /// 127.0.0.1, boots the formation dynos and starts serving. Must be called inside a tokio
     /// runtime (multi-threaded or current-thread).
-    pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
+    pub async fn start(mut config: SimConfig) -> Result<RunningSim, SimError> {
         config.validate()?;
+        // Fir formation dynos are configured as `web.1` but named like Kubernetes pods; the
+        // pod-style name is used everywhere from here on (API, env `DYNO`, restarts).
+        for a in &mut config.apps {
+            if a.generation == config::Generation::Fir {
+                for d in &mut a.formation {
+                    d.name = config::fir_dyno_name(&a.name, &d.name);
+                }
+            }
+        }
         let (dir, tempdir) = match &config.state_dir {
             Some(d) => {
                 std::fs::create_dir_all(d).map_err(|source| SimError::Io {
@@ -215,8 +226,9 @@ impl Sim {
                 App {
                     id: Uuid::new_v4(),
                     name: a.name.clone(),
-                    stack: a.stack.clone(),
-                    generation: a.generation.clone(),
+                    stack: a.stack_name(),
+                    generation: a.generation,
+                    space: a.space,
                     exec_enabled: a.exec_enabled,
                     feature_updated_at: now,
                     config_vars: a.config_vars.clone(),

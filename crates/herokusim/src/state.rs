@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::config::{DynoConfig, SimConfig};
+use crate::config::{DynoConfig, Generation, SimConfig, SpaceKind};
 use crate::faults::Faults;
 use crate::process::ProcessTable;
 
@@ -74,7 +74,8 @@ pub(crate) struct App {
     pub id: Uuid,
     pub name: String,
     pub stack: String,
-    pub generation: String,
+    pub generation: Generation,
+    pub space: Option<SpaceKind>,
     pub exec_enabled: bool,
     pub feature_updated_at: SystemTime,
     pub config_vars: BTreeMap<String, String>,
@@ -158,10 +159,10 @@ impl App {
         json!({
             "id": self.id,
             "name": self.name,
-            "generation": self.generation,
+            "generation": self.generation.as_str(),
             "stack": {"id": Uuid::nil(), "name": self.stack},
             "build_stack": {"id": Uuid::nil(), "name": self.stack},
-            "space": null,
+            "space": self.space_json(),
             "team": null,
             "organization": null,
             "region": {"id": Uuid::nil(), "name": "us"},
@@ -181,6 +182,24 @@ impl App {
             "released_at": created,
             "updated_at": created,
         })
+    }
+
+    /// `space`: null on the Common Runtime, else `{id, name, shield}` (heroku-protocols.md §1.5).
+    /// One emulated space per kind, so apps of the same kind share it, as apps in one real
+    /// space do.
+    pub fn space_json(&self) -> Value {
+        let Some(kind) = self.space else {
+            return Value::Null;
+        };
+        let (name, shield) = match kind {
+            SpaceKind::Private => ("herokusim-private", false),
+            SpaceKind::Shield => ("herokusim-shield", true),
+        };
+        let id = Uuid::new_v5(
+            &Uuid::NAMESPACE_OID,
+            format!("herokusim-space:{name}").as_bytes(),
+        );
+        json!({"id": id, "name": name, "shield": shield})
     }
 
     pub fn feature_json(&self) -> Value {

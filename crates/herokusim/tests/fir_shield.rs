@@ -1,0 +1,178 @@
+//! herokusim's Fir and Shield apps, through real HTTP against an in-process [`herokusim::Sim`]
+//! on 127.0.0.1: generation and space in `GET /apps/{app}` under both Accept shapes, pod-style
+//! formation dyno names, the exec-manager refusing Fir apps, and the account-keys API.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use herokusim::{AppConfig, DynoConfig, Generation, RunningSim, Sim, SimConfig, SpaceKind};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(20);
+const V3: &str = "application/vnd.heroku+json; version=3";
+const SDK: &str = "application/vnd.heroku+json; version=3.sdk";
+
+/// Apps `demo` (Cedar, Common Runtime, exec enabled), `firapp` (Fir in a Private Space, exec
+/// enabled so only the generation can explain a refusal) and `shieldapp` (Cedar in a Shield
+/// space). Formation dynos have no command: tracked state only, no processes to clean up.
+async fn start() -> RunningSim {
+    let web = |name: &str| DynoConfig {
+        name: name.to_owned(),
+        ..DynoConfig::default()
+    };
+    let mut config = SimConfig {
+        ssh_port: Some(0),
+        ..SimConfig::default()
+    };
+    config.apps = vec![
+        AppConfig {
+            name: "demo".to_owned(),
+            exec_enabled: true,
+            formation: vec![web("web.1")],
+            ..AppConfig::default()
+        },
+        AppConfig {
+            name: "firapp".to_owned(),
+            generation: Generation::Fir,
+            space: Some(SpaceKind::Private),
+            exec_enabled: true,
+            formation: vec![web("web.1"), web("web.2"), web("worker.1")],
+            ..AppConfig::default()
+        },
+        AppConfig {
+            name: "shieldapp".to_owned(),
+            space: Some(SpaceKind::Shield),
+            formation: vec![web("web.1")],
+            ..AppConfig::default()
+        },
+    ];
+    Sim::start(config).await.expect("sim starts")
+}
+
+async fn request(
+    sim: &RunningSim,
+    method: reqwest::Method,
+    path: &str,
+    accept: &str,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{}{path}", sim.api_url()))
+        .bearer_auth(sim.api_key())
+        .header("Accept", accept);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    tokio::time::timeout(T, req.send())
+        .await
+        .expect("in time")
+        .expect("request")
+}
+
+async fn get_json(sim: &RunningSim, path: &str, accept: &str) -> Value {
+    let resp = request(sim, reqwest::Method::GET, path, accept, None).await;
+    assert_eq!(resp.status(), 200, "GET {path}");
+    resp.json().await.expect("json")
+}
+
+/// A Fir app reports `fir` as an object under v3 and a string under 3.sdk, stack `cnb`, and
+/// its Private Space; a Shield app reports `space.shield: true`; Cedar keeps `space: null`.
+#[tokio::test]
+async fn fir_and_shield_apps_report_generation_stack_and_space() {
+    let sim = start().await;
+    let v3 = get_json(&sim, "/apps/firapp", V3).await;
+    assert_eq!(v3["generation"]["name"], "fir", "{v3}");
+    assert!(v3["generation"]["id"].is_string(), "{v3}");
+    assert_eq!(v3["stack"]["name"], "cnb", "{v3}");
+    assert_eq!(v3["build_stack"]["name"], "cnb", "{v3}");
+    assert_eq!(v3["space"]["shield"], false, "{v3}");
+    assert!(v3["space"]["id"].is_string() && v3["space"]["name"].is_string());
+    let sdk = get_json(&sim, "/apps/firapp", SDK).await;
+    assert_eq!(sdk["generation"], "fir", "{sdk}");
+    assert_eq!(sdk["stack"]["name"], "cnb", "{sdk}");
+    assert_eq!(sdk["space"], v3["space"]);
+
+    let shield = get_json(&sim, "/apps/shieldapp", SDK).await;
+    assert_eq!(shield["generation"], "cedar", "{shield}");
+    assert_eq!(shield["stack"]["name"], "heroku-24", "{shield}");
+    assert_eq!(shield["space"]["shield"], true, "{shield}");
+    assert_ne!(shield["space"]["id"], v3["space"]["id"]);
+
+    let cedar = get_json(&sim, "/apps/demo", SDK).await;
+    assert_eq!(cedar["generation"], "cedar");
+    assert!(cedar["space"].is_null(), "{cedar}");
+    sim.shutdown().await;
+}
+
+fn is_pod_name(name: &str, process_type: &str) -> bool {
+    let parts: Vec<&str> = name.split('-').collect();
+    matches!(parts.as_slice(), [t, hash, suffix]
+        if *t == process_type
+            && hash.len() == 10
+            && hash.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            && suffix.len() == 5
+            && suffix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
+}
+
+/// Fir formation dynos are listed and fetched by pod-style names, derived from the app name
+/// (the same in every run and across restarts); Cedar keeps `web.1`.
+#[tokio::test]
+async fn fir_formation_dynos_have_stable_pod_style_names() {
+    let sim = start().await;
+    let list = get_json(&sim, "/apps/firapp/dynos", V3).await;
+    let names: Vec<String> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|d| d["name"].as_str().expect("name").to_owned())
+        .collect();
+    assert_eq!(names.len(), 3, "{list}");
+    let mut expected = vec![
+        herokusim::fir_dyno_name("firapp", "web.1"),
+        herokusim::fir_dyno_name("firapp", "web.2"),
+        herokusim::fir_dyno_name("firapp", "worker.1"),
+    ];
+    expected.sort();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(sorted, expected);
+    for d in list.as_array().expect("array") {
+        let name = d["name"].as_str().expect("name");
+        let process_type = d["type"].as_str().expect("type");
+        assert!(is_pod_name(name, process_type), "{name} ({process_type})");
+        assert_eq!(d["state"], "up");
+    }
+    let web1 = herokusim::fir_dyno_name("firapp", "web.1");
+    let one = get_json(&sim, &format!("/apps/firapp/dynos/{web1}"), V3).await;
+    assert_eq!(one["name"], web1.as_str());
+    assert_eq!(one["type"], "web");
+    // The Cedar name does not exist on a Fir app.
+    let resp = request(
+        &sim,
+        reqwest::Method::GET,
+        "/apps/firapp/dynos/web.1",
+        V3,
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), 404);
+
+    // A restart keeps the name (stable for the app's life).
+    let resp = request(
+        &sim,
+        reqwest::Method::DELETE,
+        &format!("/apps/firapp/dynos/{web1}"),
+        V3,
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), 202);
+    let again = get_json(&sim, &format!("/apps/firapp/dynos/{web1}"), V3).await;
+    assert_eq!(again["name"], web1.as_str());
+    assert_ne!(again["id"], one["id"], "restarted");
+
+    let cedar = get_json(&sim, "/apps/demo/dynos", V3).await;
+    assert_eq!(cedar[0]["name"], "web.1", "{cedar}");
+    sim.shutdown().await;
+}
