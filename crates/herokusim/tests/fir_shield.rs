@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use herokusim::{AppConfig, DynoConfig, Generation, RunningSim, Sim, SimConfig, SpaceKind};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(20);
 const V3: &str = "application/vnd.heroku+json; version=3";
@@ -174,5 +174,76 @@ async fn fir_formation_dynos_have_stable_pod_style_names() {
 
     let cedar = get_json(&sim, "/apps/demo/dynos", V3).await;
     assert_eq!(cedar[0]["name"], "web.1", "{cedar}");
+    sim.shutdown().await;
+}
+
+fn exec_client(sim: &RunningSim) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(sim.ca_pem().as_bytes()).expect("ca");
+    reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .expect("client")
+}
+
+fn basic(app: &str, key: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{app}:{key}"))
+    )
+}
+
+async fn exec_put(sim: &RunningSim, app: &str, dyno: &str) -> reqwest::Response {
+    let key = russh::keys::PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
+        .expect("key");
+    let client_key = format!("{} ", key.public_key().to_openssh().expect("openssh"));
+    let req = exec_client(sim)
+        .put(format!("{}api/v2/{dyno}", sim.exec_url()))
+        .header("Authorization", basic(app, sim.api_key()))
+        .json(&json!({"client_key": client_key}))
+        .send();
+    tokio::time::timeout(T, req)
+        .await
+        .expect("in time")
+        .expect("request")
+}
+
+async fn exec_status(sim: &RunningSim, app: &str) -> reqwest::Response {
+    let req = exec_client(sim)
+        .get(format!("{}api/v2", sim.exec_url()))
+        .header("Authorization", basic(app, sim.api_key()))
+        .send();
+    tokio::time::timeout(T, req)
+        .await
+        .expect("in time")
+        .expect("request")
+}
+
+async fn assert_fir_refusal(resp: reqwest::Response) {
+    assert_eq!(resp.status(), 403);
+    let body: Value = resp.json().await.expect("error json");
+    assert_eq!(body["id"], "forbidden", "{body}");
+    let message = body["message"].as_str().expect("message");
+    assert!(
+        message.contains("Fir") && message.contains("run:inside"),
+        "{message}"
+    );
+}
+
+/// The exec-manager refuses a Fir app on both routes, although its feature is enabled and its
+/// dyno is up; the same requests for a Cedar app succeed, so only the generation explains it.
+#[tokio::test]
+async fn exec_manager_refuses_fir_apps() {
+    let sim = start().await;
+    let web1 = herokusim::fir_dyno_name("firapp", "web.1");
+    assert_fir_refusal(exec_put(&sim, "firapp", &web1).await).await;
+    assert_fir_refusal(exec_status(&sim, "firapp").await).await;
+
+    let ok = exec_put(&sim, "demo", "web.1").await;
+    assert_eq!(ok.status(), 200);
+    let creds: Value = ok.json().await.expect("json");
+    assert!(creds["client_user"].is_string(), "{creds}");
+    let status = exec_status(&sim, "demo").await;
+    assert_eq!(status.status(), 200);
     sim.shutdown().await;
 }
