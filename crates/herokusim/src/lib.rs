@@ -7,7 +7,7 @@
 //!   `GET /account` (also as the Particleboard side-call), `/account/rate-limits`,
 //!   `/apps/{app}`, dynos (list, get, create, delete one, delete all = restart,
 //!   `DELETE /apps/{app}/formations/{type}`), `features/runtime-heroku-exec`, `config-vars`,
-//!   `buildpack-installations`;
+//!   `buildpack-installations`, and the account's SSH keys (`/account/keys`);
 //! - **rendezvous** (TLS, test CA): the secret line, the `rendezvous\r\n` ack as its own write,
 //!   then the one-off's `bash -c` process spliced raw (PTY sized from `COLUMNS`/`LINES`, or
 //!   merged pipes with `force_no_tty`);
@@ -50,6 +50,7 @@ mod config;
 mod dynos;
 mod exec_manager;
 mod faults;
+mod keys;
 mod process;
 mod rendezvous;
 mod ssh;
@@ -74,6 +75,7 @@ pub use config::{
     AppConfig, DEMO_API_KEY, DynoConfig, Generation, SimConfig, SpaceKind, fir_dyno_name,
 };
 pub use faults::Faults;
+pub use keys::AccountKey;
 pub use rendezvous::ACK as RENDEZVOUS_ACK;
 
 use state::{App, RatePool, Shared, State};
@@ -251,6 +253,7 @@ impl Sim {
                 next_boot: 0,
                 rate: RatePool::new(config.rate_limit_pool, config.rate_limit_refill_per_minute),
                 created: Vec::new(),
+                account_keys: Vec::new(),
             }),
             faults: Mutex::new(config.faults.clone()),
             procs: process::ProcessTable::default(),
@@ -396,6 +399,10 @@ impl RunningSim {
     /// Process-group ids (leader pids) of every process the emulator is running now.
     pub fn live_process_groups(&self) -> Vec<i32> {
         self.shared.procs.snapshot()
+    }
+    /// The SSH keys registered on the account (`/account/keys`), oldest first.
+    pub fn account_keys(&self) -> Vec<AccountKey> {
+        self.shared.state().account_keys.clone()
     }
     /// Every one-off dyno create the API accepted so far, oldest first.
     pub fn created_dynos(&self) -> Vec<CreatedDyno> {

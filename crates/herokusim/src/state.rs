@@ -67,6 +67,8 @@ pub(crate) struct State {
     pub rate: RatePool,
     /// Every one-off create request that was accepted, oldest first (for tests).
     pub created: Vec<crate::CreatedDyno>,
+    /// The account's SSH keys, oldest first; at most [`crate::keys::MAX_ACCOUNT_KEYS`].
+    pub account_keys: Vec<crate::keys::AccountKey>,
 }
 
 /// One app.

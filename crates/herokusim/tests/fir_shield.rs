@@ -247,3 +247,159 @@ async fn exec_manager_refuses_fir_apps() {
     assert_eq!(status.status(), 200);
     sim.shutdown().await;
 }
+
+/// A fixed ed25519 key line and its MD5 fingerprint from `ssh-keygen -E md5 -lf`.
+const KEY_LINE: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILntH4hiPe0WaU183tnQAE01FVbg5r6a1njcICcs58zL agent@test\n";
+const KEY_MD5: &str = "26:38:2e:3e:ab:cd:49:66:ea:7e:3e:86:f1:41:b1:d9";
+
+/// `POST`, `GET` (list and one, by id or fingerprint) and `DELETE /account/keys`, with the
+/// schema's Key fields; the key is uploaded with a trailing newline, as `heroku keys:add` does.
+#[tokio::test]
+async fn account_keys_can_be_added_listed_and_removed() {
+    let sim = start().await;
+    let resp = request(
+        &sim,
+        reqwest::Method::POST,
+        "/account/keys",
+        V3,
+        Some(json!({"public_key": KEY_LINE})),
+    )
+    .await;
+    assert_eq!(resp.status(), 201);
+    let key: Value = resp.json().await.expect("key json");
+    assert!(key["id"].is_string(), "{key}");
+    assert_eq!(key["fingerprint"], KEY_MD5);
+    assert_eq!(key["public_key"], KEY_LINE);
+    assert_eq!(key["comment"], "agent@test");
+    assert_eq!(key["email"], "agent@test");
+    assert!(key["created_at"].is_string() && key["updated_at"].is_string());
+    let id = key["id"].as_str().expect("id").to_owned();
+
+    // A second key, generated here, with no comment.
+    let other = russh::keys::PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
+        .expect("key");
+    let other_line = other.public_key().to_openssh().expect("openssh");
+    let resp = request(
+        &sim,
+        reqwest::Method::POST,
+        "/account/keys",
+        V3,
+        Some(json!({"public_key": other_line})),
+    )
+    .await;
+    assert_eq!(resp.status(), 201);
+    let second: Value = resp.json().await.expect("json");
+    assert_eq!(second["comment"], "");
+
+    let list = get_json(&sim, "/account/keys", V3).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(2), "{list}");
+    assert_eq!(list[0], key);
+    assert_eq!(
+        get_json(&sim, &format!("/account/keys/{id}"), V3).await,
+        key
+    );
+    assert_eq!(
+        get_json(&sim, &format!("/account/keys/{KEY_MD5}"), V3).await,
+        key
+    );
+    let stored = sim.account_keys();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[0].fingerprint, KEY_MD5);
+    assert_eq!(stored[0].comment, "agent@test");
+
+    // Delete by fingerprint: answers the deleted key; it is gone from the list and the sim.
+    let resp = request(
+        &sim,
+        reqwest::Method::DELETE,
+        &format!("/account/keys/{KEY_MD5}"),
+        V3,
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await.expect("json"), key);
+    let resp = request(
+        &sim,
+        reqwest::Method::GET,
+        &format!("/account/keys/{id}"),
+        V3,
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), 404);
+    let list = get_json(&sim, "/account/keys", V3).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(list[0], second);
+    // Delete by id.
+    let second_id = second["id"].as_str().expect("id");
+    let resp = request(
+        &sim,
+        reqwest::Method::DELETE,
+        &format!("/account/keys/{second_id}"),
+        V3,
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert!(sim.account_keys().is_empty());
+    let resp = request(
+        &sim,
+        reqwest::Method::DELETE,
+        &format!("/account/keys/{second_id}"),
+        V3,
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), 404);
+    sim.shutdown().await;
+}
+
+/// Malformed, missing and duplicate keys get 422 `invalid_params` in Heroku's error shape, and
+/// nothing is stored.
+#[tokio::test]
+async fn invalid_account_keys_are_refused_with_422() {
+    let sim = start().await;
+    for body in [
+        json!({"public_key": "ssh-ed25519 not-base64 me@host"}),
+        json!({"public_key": "hello"}),
+        json!({"public_key": ""}),
+        json!({"public_key": 42}),
+        json!({}),
+    ] {
+        let resp = request(
+            &sim,
+            reqwest::Method::POST,
+            "/account/keys",
+            V3,
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(resp.status(), 422, "{body}");
+        let err: Value = resp.json().await.expect("error json");
+        assert_eq!(err["id"], "invalid_params", "{err}");
+        assert!(
+            err["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{err}"
+        );
+        assert!(err["url"].is_string(), "{err}");
+    }
+    assert!(sim.account_keys().is_empty());
+
+    let add = || {
+        request(
+            &sim,
+            reqwest::Method::POST,
+            "/account/keys",
+            V3,
+            Some(json!({"public_key": KEY_LINE})),
+        )
+    };
+    assert_eq!(add().await.status(), 201);
+    let dup = add().await;
+    assert_eq!(dup.status(), 422);
+    let err: Value = dup.json().await.expect("error json");
+    assert_eq!(err["id"], "invalid_params", "{err}");
+    assert_eq!(sim.account_keys().len(), 1);
+    sim.shutdown().await;
+}
