@@ -36,7 +36,9 @@
 //! # Not emulated
 //!
 //! Apps cannot be created or deleted over the API, there are no releases, builds, add-ons, logs
-//! (`log-sessions`), 2FA, pagination (`Range`), `run:inside` or the SSH attach path; the SSH
+//! (`log-sessions`), 2FA, pagination (`Range`), `run:inside` or the SSH attach path (a Fir or
+//! Shield one-off gets an `https://` `attach_url`, but its path on the HTTPS listener only
+//! answers 501 so far); the SSH
 //! proxy refuses sftp and `direct-tcpip` (so `ps:copy`, `ps:socks`, `ps:forward` do not work).
 //! The flags, the config file format, the JSON line and the fault API are documented in this
 //! crate's `README.md`.
@@ -260,6 +262,7 @@ impl Sim {
             cancel: cancel.clone(),
             tracker: TaskTracker::new(),
             rendezvous_port: endpoints.rendezvous_port,
+            https_port: port(&exec_listener),
             proxy_public_key,
             account_id: Uuid::new_v4(),
             config,

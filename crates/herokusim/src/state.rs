@@ -32,6 +32,8 @@ pub(crate) struct Shared {
     pub cancel: CancellationToken,
     pub tracker: TaskTracker,
     pub rendezvous_port: u16,
+    /// Port of the HTTPS listener (the exec-manager's), where `https://` attach URLs point.
+    pub https_port: u16,
     /// `proxy_public_key`: the SSH proxy's host key in OpenSSH format.
     pub proxy_public_key: String,
     pub account_id: Uuid,
@@ -202,6 +204,12 @@ impl App {
             format!("herokusim-space:{name}").as_bytes(),
         );
         json!({"id": id, "name": name, "shield": shield})
+    }
+
+    /// Whether one-off dynos attach over HTTPS + SSH (Fir and Shield Private Spaces,
+    /// heroku-protocols.md §3.9) rather than rendezvous.
+    pub fn https_attach(&self) -> bool {
+        self.generation == Generation::Fir || self.space == Some(SpaceKind::Shield)
     }
 
     pub fn feature_json(&self) -> Value {

@@ -1,6 +1,7 @@
 //! herokusim's Fir and Shield apps, through real HTTP against an in-process [`herokusim::Sim`]
 //! on 127.0.0.1: generation and space in `GET /apps/{app}` under both Accept shapes, pod-style
-//! formation dyno names, the exec-manager refusing Fir apps, and the account-keys API.
+//! formation dyno names, the exec-manager refusing Fir apps, the account-keys API, and the
+//! `https://` attach_url of Fir and Shield one-offs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -401,5 +402,55 @@ async fn invalid_account_keys_are_refused_with_422() {
     let err: Value = dup.json().await.expect("error json");
     assert_eq!(err["id"], "invalid_params", "{err}");
     assert_eq!(sim.account_keys().len(), 1);
+    sim.shutdown().await;
+}
+
+/// A one-off created with `attach: true` on a Fir or Shield app gets an `https://` attach_url
+/// on herokusim's HTTPS listener (whose attach path is a 501 placeholder for now); a Cedar
+/// Common Runtime app keeps `rendezvous://`.
+#[tokio::test]
+async fn fir_and_shield_one_offs_get_an_https_attach_url() {
+    let sim = start().await;
+    let create = |app: &'static str| {
+        request(
+            &sim,
+            reqwest::Method::POST,
+            match app {
+                "firapp" => "/apps/firapp/dynos",
+                "shieldapp" => "/apps/shieldapp/dynos",
+                _ => "/apps/demo/dynos",
+            },
+            V3,
+            Some(json!({"command": "bash", "attach": true, "time_to_live": 60})),
+        )
+    };
+    let prefix = format!("{}attach/", sim.exec_url());
+    let mut urls = Vec::new();
+    for app in ["firapp", "shieldapp"] {
+        let resp = create(app).await;
+        assert_eq!(resp.status(), 201, "{app}");
+        let dyno: Value = resp.json().await.expect("json");
+        let url = dyno["attach_url"].as_str().expect("attach_url").to_owned();
+        assert!(url.starts_with(&prefix), "{app}: {url}");
+        assert!(url.len() > prefix.len(), "{app}: no secret in {url}");
+        assert_eq!(dyno["state"], "starting");
+        urls.push(url);
+    }
+    assert_ne!(urls[0], urls[1], "each dyno has its own secret");
+
+    let resp = create("demo").await;
+    assert_eq!(resp.status(), 201);
+    let dyno: Value = resp.json().await.expect("json");
+    let url = dyno["attach_url"].as_str().expect("attach_url");
+    assert!(url.starts_with("rendezvous://127.0.0.1:"), "{url}");
+
+    // The placeholder says plainly that the attach server is not there yet.
+    let resp = tokio::time::timeout(T, exec_client(&sim).get(&urls[0]).send())
+        .await
+        .expect("in time")
+        .expect("request");
+    assert_eq!(resp.status(), 501);
+    let err: Value = resp.json().await.expect("error json");
+    assert_eq!(err["id"], "not_implemented", "{err}");
     sim.shutdown().await;
 }
