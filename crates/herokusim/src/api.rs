@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 use crate::dynos::{self, OneOffRequest, RestartScope};
 use crate::faults::{Faults, take};
+use crate::keys::{AccountKey, MAX_ACCOUNT_KEYS};
 use crate::state::SharedRef;
 
 /// The longest `time_to_live` the schema allows.
@@ -113,6 +114,8 @@ pub(crate) fn router(shared: SharedRef) -> Router {
     Router::new()
         .route("/account", get(account))
         .route("/account/rate-limits", get(rate_limits))
+        .route("/account/keys", get(list_keys).post(add_key))
+        .route("/account/keys/{key}", get(get_key).delete(delete_key))
         .route("/apps/{app}", get(app_info))
         .route(
             "/apps/{app}/dynos",
@@ -239,6 +242,78 @@ async fn account(State(shared): State<SharedRef>) -> Response {
             "last_login": now,
         }),
     )
+}
+
+fn key_not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "Couldn't find that key.",
+    )
+}
+
+async fn list_keys(State(shared): State<SharedRef>) -> Response {
+    let st = shared.state();
+    let list: Vec<Value> = st.account_keys.iter().map(AccountKey::to_json).collect();
+    ok_json(StatusCode::OK, &Value::Array(list))
+}
+
+/// `POST /account/keys {public_key}` → 201 and the Key. Heroku's answers for a malformed or
+/// duplicate key are [unverified] (heroku-protocols.md §3.9.5); herokusim answers both with 422
+/// `invalid_params`, as it does for other bad input.
+async fn add_key(State(shared): State<SharedRef>, body: Bytes) -> ApiResult {
+    let uploaded = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| {
+            v.get("public_key")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .ok_or_else(|| ApiError::invalid("Missing required params: public_key."))?;
+    let key = AccountKey::parse(&uploaded).map_err(ApiError::invalid)?;
+    let mut st = shared.state();
+    if st
+        .account_keys
+        .iter()
+        .any(|k| k.fingerprint == key.fingerprint)
+    {
+        return Err(ApiError::invalid(format!(
+            "Key {} is already in use.",
+            key.fingerprint
+        )));
+    }
+    if st.account_keys.len() >= MAX_ACCOUNT_KEYS {
+        return Err(ApiError::invalid(format!(
+            "An account can have at most {MAX_ACCOUNT_KEYS} keys."
+        )));
+    }
+    tracing::info!(fingerprint = %key.fingerprint, comment = %key.comment, "account key added");
+    let json = key.to_json();
+    st.account_keys.push(key);
+    Ok(ok_json(StatusCode::CREATED, &json))
+}
+
+async fn get_key(State(shared): State<SharedRef>, Path(ident): Path<String>) -> ApiResult {
+    let st = shared.state();
+    let key = st
+        .account_keys
+        .iter()
+        .find(|k| k.matches(&ident))
+        .ok_or_else(key_not_found)?;
+    Ok(ok_json(StatusCode::OK, &key.to_json()))
+}
+
+/// `DELETE /account/keys/{id_or_fingerprint}` → 200 and the deleted Key.
+async fn delete_key(State(shared): State<SharedRef>, Path(ident): Path<String>) -> ApiResult {
+    let mut st = shared.state();
+    let i = st
+        .account_keys
+        .iter()
+        .position(|k| k.matches(&ident))
+        .ok_or_else(key_not_found)?;
+    let key = st.account_keys.remove(i);
+    tracing::info!(fingerprint = %key.fingerprint, comment = %key.comment, "account key removed");
+    Ok(ok_json(StatusCode::OK, &key.to_json()))
 }
 
 async fn rate_limits(State(shared): State<SharedRef>) -> Response {

@@ -99,9 +99,14 @@ pub struct AppConfig {
     /// The app name (`-a NAME`).
     pub name: String,
     /// `stack.name` and `build_stack.name`. `cnb` makes the CLI prefix commands with `launcher`.
-    pub stack: String,
-    /// `generation`: `cedar` (or `fir`, which makes the CLI refuse `ps:exec`).
-    pub generation: String,
+    /// `None`: `cnb` on Fir, `heroku-24` on Cedar.
+    pub stack: Option<String>,
+    /// `generation`: `cedar` (default) or `fir`. Fir makes the CLI refuse `ps:exec`, the
+    /// exec-manager refuse the app, and formation dynos take pod-style names.
+    pub generation: Generation,
+    /// The Private Space the app lives in: none (default, the Common Runtime), `private` or
+    /// `shield`. Shown as `space: {id, name, shield}` in `GET /apps/{app}`.
+    pub space: Option<SpaceKind>,
     /// Whether the `runtime-heroku-exec` feature starts enabled (dynos boot with an exec agent).
     pub exec_enabled: bool,
     /// Config vars: in the env of formation and one-off dynos, never in exec sessions.
@@ -116,14 +121,84 @@ impl Default for AppConfig {
     fn default() -> Self {
         Self {
             name: String::new(),
-            stack: "heroku-24".to_owned(),
-            generation: "cedar".to_owned(),
+            stack: None,
+            generation: Generation::Cedar,
+            space: None,
             exec_enabled: false,
             config_vars: BTreeMap::new(),
             buildpacks: Vec::new(),
             formation: Vec::new(),
         }
     }
+}
+
+impl AppConfig {
+    /// `stack.name`: the configured stack, else `cnb` on Fir and `heroku-24` on Cedar.
+    pub fn stack_name(&self) -> String {
+        match (&self.stack, self.generation) {
+            (Some(stack), _) => stack.clone(),
+            (None, Generation::Fir) => "cnb".to_owned(),
+            (None, Generation::Cedar) => "heroku-24".to_owned(),
+        }
+    }
+}
+
+/// Heroku's platform generation of an app (heroku-protocols.md §1.5).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Generation {
+    /// The classic runtime: `web.1` dyno names, Heroku Exec available.
+    #[default]
+    Cedar,
+    /// Cloud Native Buildpacks on Kubernetes: pod-style dyno names, no Heroku Exec.
+    Fir,
+}
+
+impl Generation {
+    /// The name Heroku reports (`cedar`, `fir`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cedar => "cedar",
+            Self::Fir => "fir",
+        }
+    }
+}
+
+/// The kind of Private Space an app lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpaceKind {
+    /// A Private Space (`shield: false`).
+    Private,
+    /// A Shield Private Space (`shield: true`).
+    Shield,
+}
+
+/// The pod-style name of a Fir formation dyno, e.g. `web-1f0c9a2b3d-k4p2x`:
+/// `<process type>-<10 hex>-<5 lower-case alphanumerics>` (heroku-protocols.md §3.10). It is
+/// derived from the app name and the configured `type.N` name, so it is stable for the app's
+/// life (restarts keep it) and the same in every run, which tests can rely on. As in a
+/// Kubernetes deployment, the middle part depends only on the process type (one "replica set"
+/// per type) and the suffix on the individual dyno.
+pub fn fir_dyno_name(app: &str, configured: &str) -> String {
+    const ALNUM: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let process_type = configured.split('.').next().unwrap_or(configured);
+    let set = uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!("herokusim-fir-set:{app}:{process_type}").as_bytes(),
+    );
+    let pod = uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!("herokusim-fir-pod:{app}:{configured}").as_bytes(),
+    );
+    let hash: String = set.simple().to_string().chars().take(10).collect();
+    let suffix: String = pod
+        .as_bytes()
+        .iter()
+        .take(5)
+        .map(|b| char::from(ALNUM[usize::from(*b) % ALNUM.len()]))
+        .collect();
+    format!("{process_type}-{hash}-{suffix}")
 }
 
 /// One formation dyno.
@@ -153,9 +228,11 @@ impl Default for DynoConfig {
 }
 
 impl DynoConfig {
-    /// The process type: the part of the name before the first dot.
+    /// The process type: the part of the name before the first dot (`web.1`) or, for a Fir
+    /// pod-style name (`web-1f0c9a2b3d-k4p2x`), before the first dash. Process types never
+    /// contain either (validation allows only alphanumerics and `_`).
     pub fn process_type(&self) -> &str {
-        self.name.split('.').next().unwrap_or(&self.name)
+        self.name.split(['.', '-']).next().unwrap_or(&self.name)
     }
 }
 
@@ -293,6 +370,56 @@ mod tests {
                 .is_err()
         );
         assert!(SimConfig::from_toml_str("nope = 1").is_err());
+    }
+
+    #[test]
+    fn parses_generation_and_space() {
+        let config = SimConfig::from_toml_str(
+            "[[apps]]\nname = \"f\"\ngeneration = \"fir\"\nspace = \"private\"\n\
+             [[apps]]\nname = \"s\"\nspace = \"shield\"\n[[apps]]\nname = \"c\"",
+        );
+        let config = match config {
+            Ok(c) => c,
+            Err(e) => panic!("config rejected: {e}"),
+        };
+        let [fir, shield, cedar] = config.apps.as_slice() else {
+            panic!("three apps expected");
+        };
+        assert_eq!(fir.generation, Generation::Fir);
+        assert_eq!(fir.space, Some(SpaceKind::Private));
+        assert_eq!(fir.stack_name(), "cnb");
+        assert_eq!(shield.generation, Generation::Cedar);
+        assert_eq!(shield.space, Some(SpaceKind::Shield));
+        assert_eq!(cedar.space, None);
+        assert_eq!(cedar.stack_name(), "heroku-24");
+        assert!(SimConfig::from_toml_str("[[apps]]\nname=\"a\"\ngeneration=\"cedar-14\"").is_err());
+        assert!(SimConfig::from_toml_str("[[apps]]\nname=\"a\"\nspace=\"public\"").is_err());
+    }
+
+    #[test]
+    fn fir_dyno_names_are_pod_style_and_stable() {
+        let name = fir_dyno_name("shop", "web.1");
+        assert_eq!(name, fir_dyno_name("shop", "web.1"), "deterministic");
+        let parts: Vec<&str> = name.split('-').collect();
+        assert_eq!(parts.len(), 3, "{name}");
+        assert_eq!(parts[0], "web");
+        assert!(parts[1].len() == 10 && parts[1].chars().all(|c| c.is_ascii_hexdigit()));
+        assert!(
+            parts[2].len() == 5
+                && parts[2]
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        );
+        // Same process type: same "replica set" hash, different pod suffix.
+        let second = fir_dyno_name("shop", "web.2");
+        assert_eq!(second.split('-').nth(1), Some(parts[1]));
+        assert_ne!(second, name);
+        assert_ne!(fir_dyno_name("other", "web.1"), name);
+        let cfg = DynoConfig {
+            name,
+            ..DynoConfig::default()
+        };
+        assert_eq!(cfg.process_type(), "web");
     }
 
     #[test]

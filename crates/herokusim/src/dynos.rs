@@ -259,8 +259,21 @@ pub(crate) fn create_one_off(
         st.next_run += 1;
         let n = st.next_run;
         let rendezvous_port = shared.rendezvous_port;
+        let https_port = shared.https_port;
         let secret = Uuid::new_v4().simple().to_string();
         let app = st.apps.get_mut(app_name)?;
+        // Fir and Shield apps attach over HTTPS (`Upgrade: tcp`, then SSH; heroku-protocols.md
+        // §3.9). That server is not built yet: the URL points at a placeholder path on the
+        // HTTPS listener, which answers 501 (see `exec_manager.rs`), so such a dyno stays
+        // `starting` until its time_to_live or a restart ends it.
+        let https = app.https_attach();
+        let attach_url = req.attach.then(|| {
+            if https {
+                format!("https://127.0.0.1:{https_port}/attach/{secret}")
+            } else {
+                format!("rendezvous://127.0.0.1:{rendezvous_port}/{secret}")
+            }
+        });
         let now = SystemTime::now();
         let name = format!("{}.{n}", req.process_type);
         let dyno = Dyno {
@@ -271,9 +284,7 @@ pub(crate) fn create_one_off(
             command: req.command.clone(),
             size: req.size.clone().unwrap_or_else(|| "Basic".to_owned()),
             state: "starting",
-            attach_url: req
-                .attach
-                .then(|| format!("rendezvous://127.0.0.1:{rendezvous_port}/{secret}")),
+            attach_url,
             created_at: now,
             updated_at: now,
             env: req.env.clone(),
@@ -286,7 +297,7 @@ pub(crate) fn create_one_off(
         let id = dyno.id;
         let json = dyno.to_json(app);
         app.dynos.insert(name.clone(), dyno);
-        if req.attach {
+        if req.attach && !https {
             st.secrets.insert(secret, (app_name.to_owned(), id));
         }
         (json, id, name)

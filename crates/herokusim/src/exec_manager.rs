@@ -2,8 +2,11 @@
 //! credentials, `GET /api/v2` lists the dynos with an exec agent. Basic auth `app:apikey`.
 //!
 //! It owns the credential exchange and its refusals (feature off, dyno not up, one-off dyno,
-//! dyno not restarted since enabling: 404, as when Heroku's dyno has no exec agent). It does not
-//! run SSH; reservations it records are what the SSH proxy checks.
+//! dyno not restarted since enabling: 404, as when Heroku's dyno has no exec agent; a Fir app:
+//! 403, see [`FIR_REFUSAL`]). It does not run SSH; reservations it records are what the SSH
+//! proxy checks. Its listener also hosts `/attach/{secret}`, where the `https://` attach URLs
+//! of Fir and Shield one-offs point; that path is a 501 placeholder until the attach server
+//! exists.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -16,6 +19,7 @@ use russh::keys::ssh_key::PublicKey;
 use serde_json::{Value, json};
 
 use crate::api::ApiError;
+use crate::config::Generation;
 use crate::dynos;
 use crate::faults::take;
 use crate::state::{MAX_RESERVATIONS, Reservation, SharedRef};
@@ -25,6 +29,7 @@ pub(crate) fn router(shared: SharedRef) -> Router {
         .route("/api/v2", get(status))
         .route("/api/v2/", get(status))
         .route("/api/v2/{dyno}", put(exchange))
+        .route("/attach/{secret}", axum::routing::any(attach_placeholder))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -33,6 +38,17 @@ pub(crate) fn router(shared: SharedRef) -> Router {
             )
         })
         .with_state(shared)
+}
+
+/// Where `https://` attach URLs of Fir and Shield one-offs point. The `Upgrade: tcp` + SSH
+/// server of the attach path (heroku-protocols.md §3.9, §8.5) is not emulated yet, so this
+/// answers 501 to say so instead of a misleading 404.
+async fn attach_placeholder() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "not_implemented",
+        "the HTTPS attach path (Upgrade: tcp, then SSH) is not emulated by herokusim yet",
+    )
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response {
@@ -44,7 +60,16 @@ fn json_response(status: StatusCode, value: &Value) -> Response {
         .into_response()
 }
 
-/// Checks Basic `app:apikey`; returns the app name.
+/// What the exec-manager answers for a Fir app, on every route, before anything else.
+///
+/// Fir has no Heroku Exec at all (heroku-protocols.md §6.2, §6.9). The spec only documents the
+/// CLI's client-side check (`ps:exec` fails on `generation == "fir"` before any request), so
+/// the real exec-manager's answer for a Fir app is [unverified]: this 403 with Heroku's
+/// `{id, message, url}` shape is herokusim's choice, worded like the CLI's refusal, so that a
+/// client that skips the generation check fails loudly instead of getting credentials.
+const FIR_REFUSAL: &str = "Heroku Exec is unavailable for Fir apps. Use heroku run:inside instead. See https://devcenter.heroku.com/articles/run-tasks-in-an-existing-dyno.";
+
+/// Checks Basic `app:apikey` and refuses Fir apps; returns the app name.
 fn authorize(shared: &SharedRef, headers: &HeaderMap) -> Result<String, ApiError> {
     let unauthorized = || {
         ApiError::new(
@@ -66,14 +91,23 @@ fn authorize(shared: &SharedRef, headers: &HeaderMap) -> Result<String, ApiError
     if key != shared.config.api_key {
         return Err(unauthorized());
     }
-    if !shared.state().apps.contains_key(app) {
-        return Err(ApiError::new(
+    let generation = shared.state().apps.get(app).map(|a| a.generation);
+    match generation {
+        None => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             format!("You do not have access to the app {app}."),
-        ));
+        )),
+        Some(Generation::Fir) => {
+            tracing::info!(%app, "exec-manager refused a Fir app");
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                FIR_REFUSAL,
+            ))
+        }
+        Some(Generation::Cedar) => Ok(app.to_owned()),
     }
-    Ok(app.to_owned())
 }
 
 async fn status(State(shared): State<SharedRef>, headers: HeaderMap) -> Result<Response, ApiError> {

@@ -7,7 +7,7 @@
 //!   `GET /account` (also as the Particleboard side-call), `/account/rate-limits`,
 //!   `/apps/{app}`, dynos (list, get, create, delete one, delete all = restart,
 //!   `DELETE /apps/{app}/formations/{type}`), `features/runtime-heroku-exec`, `config-vars`,
-//!   `buildpack-installations`;
+//!   `buildpack-installations`, and the account's SSH keys (`/account/keys`);
 //! - **rendezvous** (TLS, test CA): the secret line, the `rendezvous\r\n` ack as its own write,
 //!   then the one-off's `bash -c` process spliced raw (PTY sized from `COLUMNS`/`LINES`, or
 //!   merged pipes with `force_no_tty`);
@@ -36,7 +36,9 @@
 //! # Not emulated
 //!
 //! Apps cannot be created or deleted over the API, there are no releases, builds, add-ons, logs
-//! (`log-sessions`), 2FA, pagination (`Range`), `run:inside` or the SSH attach path; the SSH
+//! (`log-sessions`), 2FA, pagination (`Range`), `run:inside` or the SSH attach path (a Fir or
+//! Shield one-off gets an `https://` `attach_url`, but its path on the HTTPS listener only
+//! answers 501 so far); the SSH
 //! proxy refuses sftp and `direct-tcpip` (so `ps:copy`, `ps:socks`, `ps:forward` do not work).
 //! The flags, the config file format, the JSON line and the fault API are documented in this
 //! crate's `README.md`.
@@ -50,6 +52,7 @@ mod config;
 mod dynos;
 mod exec_manager;
 mod faults;
+mod keys;
 mod process;
 mod rendezvous;
 mod ssh;
@@ -70,8 +73,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-pub use config::{AppConfig, DEMO_API_KEY, DynoConfig, SimConfig};
+pub use config::{
+    AppConfig, DEMO_API_KEY, DynoConfig, Generation, SimConfig, SpaceKind, fir_dyno_name,
+};
 pub use faults::Faults;
+pub use keys::AccountKey;
 pub use rendezvous::ACK as RENDEZVOUS_ACK;
 
 use state::{App, RatePool, Shared, State};
@@ -145,8 +151,17 @@ impl Sim {
     /// Validates `config`, generates the test CA and SSH host key, binds every listener on
     /// 127.0.0.1, boots the formation dynos and starts serving. Must be called inside a tokio
     /// runtime (multi-threaded or current-thread).
-    pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
+    pub async fn start(mut config: SimConfig) -> Result<RunningSim, SimError> {
         config.validate()?;
+        // Fir formation dynos are configured as `web.1` but named like Kubernetes pods; the
+        // pod-style name is used everywhere from here on (API, env `DYNO`, restarts).
+        for a in &mut config.apps {
+            if a.generation == config::Generation::Fir {
+                for d in &mut a.formation {
+                    d.name = config::fir_dyno_name(&a.name, &d.name);
+                }
+            }
+        }
         let (dir, tempdir) = match &config.state_dir {
             Some(d) => {
                 std::fs::create_dir_all(d).map_err(|source| SimError::Io {
@@ -215,8 +230,9 @@ impl Sim {
                 App {
                     id: Uuid::new_v4(),
                     name: a.name.clone(),
-                    stack: a.stack.clone(),
-                    generation: a.generation.clone(),
+                    stack: a.stack_name(),
+                    generation: a.generation,
+                    space: a.space,
                     exec_enabled: a.exec_enabled,
                     feature_updated_at: now,
                     config_vars: a.config_vars.clone(),
@@ -239,12 +255,14 @@ impl Sim {
                 next_boot: 0,
                 rate: RatePool::new(config.rate_limit_pool, config.rate_limit_refill_per_minute),
                 created: Vec::new(),
+                account_keys: Vec::new(),
             }),
             faults: Mutex::new(config.faults.clone()),
             procs: process::ProcessTable::default(),
             cancel: cancel.clone(),
             tracker: TaskTracker::new(),
             rendezvous_port: endpoints.rendezvous_port,
+            https_port: port(&exec_listener),
             proxy_public_key,
             account_id: Uuid::new_v4(),
             config,
@@ -384,6 +402,10 @@ impl RunningSim {
     /// Process-group ids (leader pids) of every process the emulator is running now.
     pub fn live_process_groups(&self) -> Vec<i32> {
         self.shared.procs.snapshot()
+    }
+    /// The SSH keys registered on the account (`/account/keys`), oldest first.
+    pub fn account_keys(&self) -> Vec<AccountKey> {
+        self.shared.state().account_keys.clone()
     }
     /// Every one-off dyno create the API accepted so far, oldest first.
     pub fn created_dynos(&self) -> Vec<CreatedDyno> {

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::config::{DynoConfig, SimConfig};
+use crate::config::{DynoConfig, Generation, SimConfig, SpaceKind};
 use crate::faults::Faults;
 use crate::process::ProcessTable;
 
@@ -32,6 +32,8 @@ pub(crate) struct Shared {
     pub cancel: CancellationToken,
     pub tracker: TaskTracker,
     pub rendezvous_port: u16,
+    /// Port of the HTTPS listener (the exec-manager's), where `https://` attach URLs point.
+    pub https_port: u16,
     /// `proxy_public_key`: the SSH proxy's host key in OpenSSH format.
     pub proxy_public_key: String,
     pub account_id: Uuid,
@@ -67,6 +69,8 @@ pub(crate) struct State {
     pub rate: RatePool,
     /// Every one-off create request that was accepted, oldest first (for tests).
     pub created: Vec<crate::CreatedDyno>,
+    /// The account's SSH keys, oldest first; at most [`crate::keys::MAX_ACCOUNT_KEYS`].
+    pub account_keys: Vec<crate::keys::AccountKey>,
 }
 
 /// One app.
@@ -74,7 +78,8 @@ pub(crate) struct App {
     pub id: Uuid,
     pub name: String,
     pub stack: String,
-    pub generation: String,
+    pub generation: Generation,
+    pub space: Option<SpaceKind>,
     pub exec_enabled: bool,
     pub feature_updated_at: SystemTime,
     pub config_vars: BTreeMap<String, String>,
@@ -158,10 +163,10 @@ impl App {
         json!({
             "id": self.id,
             "name": self.name,
-            "generation": self.generation,
+            "generation": self.generation.as_str(),
             "stack": {"id": Uuid::nil(), "name": self.stack},
             "build_stack": {"id": Uuid::nil(), "name": self.stack},
-            "space": null,
+            "space": self.space_json(),
             "team": null,
             "organization": null,
             "region": {"id": Uuid::nil(), "name": "us"},
@@ -181,6 +186,30 @@ impl App {
             "released_at": created,
             "updated_at": created,
         })
+    }
+
+    /// `space`: null on the Common Runtime, else `{id, name, shield}` (heroku-protocols.md §1.5).
+    /// One emulated space per kind, so apps of the same kind share it, as apps in one real
+    /// space do.
+    pub fn space_json(&self) -> Value {
+        let Some(kind) = self.space else {
+            return Value::Null;
+        };
+        let (name, shield) = match kind {
+            SpaceKind::Private => ("herokusim-private", false),
+            SpaceKind::Shield => ("herokusim-shield", true),
+        };
+        let id = Uuid::new_v5(
+            &Uuid::NAMESPACE_OID,
+            format!("herokusim-space:{name}").as_bytes(),
+        );
+        json!({"id": id, "name": name, "shield": shield})
+    }
+
+    /// Whether one-off dynos attach over HTTPS + SSH (Fir and Shield Private Spaces,
+    /// heroku-protocols.md §3.9) rather than rendezvous.
+    pub fn https_attach(&self) -> bool {
+        self.generation == Generation::Fir || self.space == Some(SpaceKind::Shield)
     }
 
     pub fn feature_json(&self) -> Value {
