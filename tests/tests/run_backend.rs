@@ -32,7 +32,7 @@ fn with_cnb_app() -> SimConfig {
     let mut config = SimConfig::demo();
     config.apps.push(herokusim::AppConfig {
         name: "cnbapp".into(),
-        stack: "cnb".into(),
+        stack: Some("cnb".into()),
         ..Default::default()
     });
     config
