@@ -422,6 +422,36 @@ fn gateway_credentials(suite: &Suite) -> (String, String) {
 }
 
 /// The emulator with app `demo` (`web.1` up, Heroku Exec on) and a unique API key.
+/// What most emulator scenarios start with: herokusim (and how many process groups it runs
+/// idle), a fake gateway, an agent configured for both, and the agent's stream.
+struct Rig {
+    sim: RunningSim,
+    baseline: usize,
+    /// Dropping it stops the gateway: scenarios keep it bound (`gw: _gw`) to the end.
+    gw: FakeGateway,
+    agent: TestAgent,
+    stream: AgentStream,
+}
+
+impl Rig {
+    async fn start(suite: &Suite) -> Rig {
+        let sim = start_sim(suite).await;
+        let baseline = sim.live_process_groups().len();
+        let (name, secret) = gateway_credentials(suite);
+        let mut gw = FakeGateway::start(&name, &secret).await;
+        let settings = sim_settings(&sim);
+        let agent = TestAgent::start(&gw.dsn(), &refs(&settings));
+        let stream = gw.next_agent().await;
+        Rig {
+            sim,
+            baseline,
+            gw,
+            agent,
+            stream,
+        }
+    }
+}
+
 async fn start_sim(suite: &Suite) -> RunningSim {
     let api_key = unique("HRKU-faults-key");
     suite.secret("Heroku API key", &api_key);
@@ -741,13 +771,13 @@ async fn gateway_killed_and_restarted_mid_session(suite: Arc<Suite>) {
 async fn rendezvous_and_ssh_proxy_dropped_mid_stream(suite: Arc<Suite>) {
     const TOTAL: usize = 2_000_000;
     let tag = suite.tag();
-    let sim = start_sim(&suite).await;
-    let baseline = sim.live_process_groups().len();
-    let (name, secret) = gateway_credentials(&suite);
-    let mut gw = FakeGateway::start(&name, &secret).await;
-    let settings = sim_settings(&sim);
-    let mut agent = TestAgent::start(&gw.dsn(), &refs(&settings));
-    let stream = gw.next_agent().await;
+    let Rig {
+        sim,
+        baseline,
+        gw: _gw,
+        mut agent,
+        stream,
+    } = Rig::start(&suite).await;
 
     sim.set_faults(Faults {
         drop_rendezvous_after: Some(256 * 1024),
@@ -855,13 +885,13 @@ fn consumed(start: u32, left: u32) -> u32 {
 async fn heroku_api_429_and_5xx_storms(suite: Arc<Suite>) {
     const STORM: u32 = 1000;
     let tag = suite.tag();
-    let sim = start_sim(&suite).await;
-    let baseline = sim.live_process_groups().len();
-    let (name, secret) = gateway_credentials(&suite);
-    let mut gw = FakeGateway::start(&name, &secret).await;
-    let settings = sim_settings(&sim);
-    let mut agent = TestAgent::start(&gw.dsn(), &refs(&settings));
-    let stream = gw.next_agent().await;
+    let Rig {
+        sim,
+        baseline,
+        gw: _gw,
+        mut agent,
+        stream,
+    } = Rig::start(&suite).await;
 
     // A short 429 storm: two refusals with Retry-After: 1, then success.
     sim.set_faults(Faults {
@@ -1656,13 +1686,13 @@ async fn run_rendezvous_reset_mid_write(suite: Arc<Suite>) {
     // before the emulator's first read.
     const INPUT: usize = 7 << 20;
     let tag = suite.tag();
-    let sim = start_sim(&suite).await;
-    let baseline = sim.live_process_groups().len();
-    let (name, secret) = gateway_credentials(&suite);
-    let mut gw = FakeGateway::start(&name, &secret).await;
-    let settings = sim_settings(&sim);
-    let mut agent = TestAgent::start(&gw.dsn(), &refs(&settings));
-    let stream = gw.next_agent().await;
+    let Rig {
+        sim,
+        baseline,
+        gw: _gw,
+        mut agent,
+        stream,
+    } = Rig::start(&suite).await;
 
     // Every rendezvous is reset after 32 KiB of input (less than the pipe to `sleep` holds, so
     // the emulator's reads never wait on the command): the healthy session types far less.
@@ -1833,13 +1863,13 @@ async fn local_terminal_1mib_paste_unread(suite: Arc<Suite>) {
 /// process group is gone afterwards and `web.1` stays up.
 async fn psexec_cancel_mid_channel(suite: Arc<Suite>) {
     let tag = suite.tag();
-    let sim = start_sim(&suite).await;
-    let baseline = sim.live_process_groups().len();
-    let (name, secret) = gateway_credentials(&suite);
-    let mut gw = FakeGateway::start(&name, &secret).await;
-    let settings = sim_settings(&sim);
-    let mut agent = TestAgent::start(&gw.dsn(), &refs(&settings));
-    let stream = gw.next_agent().await;
+    let Rig {
+        sim,
+        baseline,
+        gw: _gw,
+        mut agent,
+        stream,
+    } = Rig::start(&suite).await;
     let dir = tempfile::tempdir().unwrap();
 
     let mut report = Vec::new();
@@ -1945,13 +1975,13 @@ async fn psexec_cancel_mid_channel(suite: Arc<Suite>) {
 async fn run_create_cancelled_mid_flight(suite: Arc<Suite>) {
     const DELAY_MS: u64 = 3000;
     let tag = suite.tag();
-    let sim = start_sim(&suite).await;
-    let baseline = sim.live_process_groups().len();
-    let (name, secret) = gateway_credentials(&suite);
-    let mut gw = FakeGateway::start(&name, &secret).await;
-    let settings = sim_settings(&sim);
-    let mut agent = TestAgent::start(&gw.dsn(), &refs(&settings));
-    let stream = gw.next_agent().await;
+    let Rig {
+        sim,
+        baseline,
+        gw: _gw,
+        mut agent,
+        stream,
+    } = Rig::start(&suite).await;
 
     sim.set_faults(Faults {
         create_response_delay_ms: DELAY_MS,
