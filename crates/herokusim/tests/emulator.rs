@@ -21,7 +21,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-const T: Duration = Duration::from_secs(20);
+mod common;
+
+use common::{T, basic, exec_client};
 
 async fn start() -> RunningSim {
     start_with(SimConfig {
@@ -47,17 +49,7 @@ async fn api(
     path: &str,
     body: Option<Value>,
 ) -> reqwest::Response {
-    let mut req = http()
-        .request(method, format!("{}{path}", sim.api_url()))
-        .bearer_auth(sim.api_key())
-        .header("Accept", "application/vnd.heroku+json; version=3");
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    tokio::time::timeout(T, req.send())
-        .await
-        .expect("in time")
-        .expect("request")
+    common::request(sim, method, path, common::V3, body).await
 }
 
 fn assert_common_headers(resp: &reqwest::Response) {
@@ -528,14 +520,6 @@ async fn detached_one_off_runs_without_attach() {
 
 // ---------------------------------------------------------------- exec-manager + SSH
 
-fn basic(app: &str, key: &str) -> String {
-    use base64::Engine as _;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{app}:{key}"))
-    )
-}
-
 async fn exec_put(
     sim: &RunningSim,
     app: &str,
@@ -543,11 +527,7 @@ async fn exec_put(
     dyno: &str,
     client_key: &str,
 ) -> reqwest::Response {
-    let ca = reqwest::Certificate::from_pem(sim.ca_pem().as_bytes()).unwrap();
-    let c = reqwest::Client::builder()
-        .tls_certs_only([ca])
-        .build()
-        .unwrap();
+    let c = exec_client(sim);
     c.put(format!("{}api/v2/{dyno}", sim.exec_url()))
         .header("Authorization", basic(app, key))
         .json(&json!({"client_key": client_key}))
@@ -557,11 +537,7 @@ async fn exec_put(
 }
 
 async fn exec_status(sim: &RunningSim) -> Value {
-    let ca = reqwest::Certificate::from_pem(sim.ca_pem().as_bytes()).unwrap();
-    let c = reqwest::Client::builder()
-        .tls_certs_only([ca])
-        .build()
-        .unwrap();
+    let c = exec_client(sim);
     c.get(format!("{}api/v2", sim.exec_url()))
         .header("Authorization", basic("demo", sim.api_key()))
         .send()

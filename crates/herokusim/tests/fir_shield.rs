@@ -5,13 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::Duration;
-
 use herokusim::{AppConfig, DynoConfig, Generation, RunningSim, Sim, SimConfig, SpaceKind};
 use serde_json::{Value, json};
 
-const T: Duration = Duration::from_secs(20);
-const V3: &str = "application/vnd.heroku+json; version=3";
+mod common;
+
+use common::{T, V3, basic, exec_client, request};
 const SDK: &str = "application/vnd.heroku+json; version=3.sdk";
 
 /// Apps `demo` (Cedar, Common Runtime, exec enabled), `firapp` (Fir in a Private Space, exec
@@ -49,26 +48,6 @@ async fn start() -> RunningSim {
         },
     ];
     Sim::start(config).await.expect("sim starts")
-}
-
-async fn request(
-    sim: &RunningSim,
-    method: reqwest::Method,
-    path: &str,
-    accept: &str,
-    body: Option<Value>,
-) -> reqwest::Response {
-    let mut req = reqwest::Client::new()
-        .request(method, format!("{}{path}", sim.api_url()))
-        .bearer_auth(sim.api_key())
-        .header("Accept", accept);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    tokio::time::timeout(T, req.send())
-        .await
-        .expect("in time")
-        .expect("request")
 }
 
 async fn get_json(sim: &RunningSim, path: &str, accept: &str) -> Value {
@@ -176,22 +155,6 @@ async fn fir_formation_dynos_have_stable_pod_style_names() {
     let cedar = get_json(&sim, "/apps/demo/dynos", V3).await;
     assert_eq!(cedar[0]["name"], "web.1", "{cedar}");
     sim.shutdown().await;
-}
-
-fn exec_client(sim: &RunningSim) -> reqwest::Client {
-    let ca = reqwest::Certificate::from_pem(sim.ca_pem().as_bytes()).expect("ca");
-    reqwest::Client::builder()
-        .tls_certs_only([ca])
-        .build()
-        .expect("client")
-}
-
-fn basic(app: &str, key: &str) -> String {
-    use base64::Engine as _;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{app}:{key}"))
-    )
 }
 
 async fn exec_put(sim: &RunningSim, app: &str, dyno: &str) -> reqwest::Response {
