@@ -397,32 +397,32 @@ async fn dial(config: &LinkConfig, cut: sever::Cut) -> Result<Channel, LinkError
     result.map_err(|e| dial_err(error_chain(&e)))
 }
 
-/// Why a stream failed, on one line: the status message and every underlying cause (for
-/// example hyper's "keep-alive timed out" when the gateway stopped answering PINGs).
+/// Why a stream failed, on one line: the status message and every underlying cause. A PING
+/// or TCP user timeout shows as hyper's "stream closed because of a broken pipe".
 pub fn status_reason(status: &Status) -> String {
-    let mut out = status.message().to_owned();
-    let mut source = std::error::Error::source(status);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
+    with_causes(
+        status.message().to_owned(),
+        std::error::Error::source(status),
+    )
 }
 
 /// Formats an error and its sources on one line.
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
+    with_causes(e.to_string(), e.source())
+}
+
+/// `text`, then each cause in turn, skipping a cause whose text is already there (tonic and
+/// hyper often repeat their source in their own message).
+fn with_causes(mut text: String, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
     while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
+        let cause = s.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
         source = s.source();
     }
-    out
+    text
 }
 
 /// Keeps the agent connected until `shutdown` fires: connects, hands each live connection to
