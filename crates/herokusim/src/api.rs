@@ -123,7 +123,7 @@ pub(crate) fn router(shared: SharedRef) -> Router {
         )
         .route(
             "/apps/{app}/dynos/{dyno}",
-            get(get_dyno).delete(restart_dyno),
+            get(get_dyno).delete(restart_dyno).post(run_inside),
         )
         .route(
             "/apps/{app}/formations/{process_type}",
@@ -410,6 +410,41 @@ async fn create_dyno(
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     }
     Ok(ok_json(StatusCode::CREATED, &json))
+}
+
+/// `POST /apps/{app}/dynos/{dyno}`: `heroku run:inside` (heroku-protocols.md §3.10). The CLI
+/// sends `Accept: …version=3.run-inside` (the SDK `3.sdk`); any v3 variant is accepted. Body:
+/// `command` and `env`; other fields are ignored as the CLI never sends them.
+///
+/// Refusals: a dyno that is not `up` or does not exist gets Heroku's 422 `invalid_params`. A
+/// non-Fir app gets 422 too: `run:inside` is documented for Fir apps only, and what Heroku
+/// answers for a Cedar app is [unverified] (herokusim's choice, worded to say why).
+async fn run_inside(
+    State(shared): State<SharedRef>,
+    Path((app, dyno)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let fir = {
+        let st = shared.state();
+        let a = st.apps.get(&app).ok_or_else(ApiError::app_not_found)?;
+        a.generation == crate::config::Generation::Fir
+    };
+    if !fir {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_params",
+            format!("run:inside is only available for Fir apps; {app} is a Cedar app."),
+        ));
+    }
+    let req = parse_create(&body)?;
+    let json = dynos::run_inside(&shared, &app, &dyno, req.command, req.env).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_params",
+            format!("{dyno} is either not \"up\" or doesn't exist."),
+        )
+    })?;
+    Ok(ok_json(StatusCode::OK, &json))
 }
 
 fn parse_create(body: &[u8]) -> Result<OneOffRequest, ApiError> {

@@ -261,23 +261,30 @@ pub(crate) fn create_one_off(
         let rendezvous_port = shared.rendezvous_port;
         let https_port = shared.https_port;
         let secret = Uuid::new_v4().simple().to_string();
-        let app = st.apps.get_mut(app_name)?;
+        let https = st.apps.get(app_name)?.https_attach();
         // Fir and Shield apps attach over HTTPS (`Upgrade: tcp`, then SSH; heroku-protocols.md
-        // §3.9). That server is not built yet: the URL points at a placeholder path on the
-        // HTTPS listener, which answers 501 (see `exec_manager.rs`), so such a dyno stays
-        // `starting` until its time_to_live or a restart ends it.
-        let https = app.https_attach();
-        let attach_url = req.attach.then(|| {
-            if https {
-                format!("https://127.0.0.1:{https_port}/attach/{secret}")
-            } else {
-                format!("rendezvous://127.0.0.1:{rendezvous_port}/{secret}")
-            }
-        });
+        // §3.9, `attach.rs`); the others over rendezvous.
+        let id = Uuid::new_v4();
+        let attach_url = if !req.attach {
+            None
+        } else if https {
+            let g = crate::attach::Grant {
+                app: app_name.to_owned(),
+                dyno_id: id,
+                command: req.command.clone(),
+                env: req.env.clone(),
+                one_off: true,
+                expires: std::time::Instant::now() + crate::attach::GRANT_TTL,
+            };
+            Some(crate::attach::grant(&mut st, https_port, g))
+        } else {
+            Some(format!("rendezvous://127.0.0.1:{rendezvous_port}/{secret}"))
+        };
+        let app = st.apps.get_mut(app_name)?;
         let now = SystemTime::now();
         let name = format!("{}.{n}", req.process_type);
         let dyno = Dyno {
-            id: Uuid::new_v4(),
+            id,
             name: name.clone(),
             kind: DynoKind::OneOff,
             process_type: req.process_type.clone(),
@@ -294,7 +301,6 @@ pub(crate) fn create_one_off(
             cancel: cancel.clone(),
             stopped: None,
         };
-        let id = dyno.id;
         let json = dyno.to_json(app);
         app.dynos.insert(name.clone(), dyno);
         if req.attach && !https {
@@ -373,6 +379,38 @@ pub(crate) fn remove_dyno(shared: &Shared, app_name: &str, id: Uuid) {
         app.dynos.retain(|_, d| d.id != id);
     }
     st.secrets.retain(|_, (_, dyno)| *dyno != id);
+    st.attach_grants.retain(|_, g| g.dyno_id != id);
+}
+
+/// `run:inside`: grants an attach secret that runs `command` inside the formation dyno
+/// `dyno_name`, and returns that dyno's JSON with the `https://` `attach_url`. `None` when the
+/// dyno does not exist or is not `up` (Heroku answers 422 then).
+pub(crate) fn run_inside(
+    shared: &SharedRef,
+    app_name: &str,
+    dyno_name: &str,
+    command: String,
+    env: BTreeMap<String, String>,
+) -> Option<serde_json::Value> {
+    let mut st = shared.state();
+    let app = st.apps.get(app_name)?;
+    let dyno = app.dynos.get(dyno_name)?;
+    if dyno.kind != DynoKind::Formation || dyno.state != "up" {
+        return None;
+    }
+    let mut json = dyno.to_json(app);
+    let g = crate::attach::Grant {
+        app: app_name.to_owned(),
+        dyno_id: dyno.id,
+        command,
+        env,
+        one_off: false,
+        expires: std::time::Instant::now() + crate::attach::GRANT_TTL,
+    };
+    let url = crate::attach::grant(&mut st, shared.https_port, g);
+    json["attach_url"] = serde_json::Value::String(url);
+    tracing::info!(app = %app_name, dyno = %dyno_name, "run:inside granted");
+    Some(json)
 }
 
 /// Sets a one-off dyno's state if it still exists.

@@ -5,8 +5,7 @@
 //! dyno not restarted since enabling: 404, as when Heroku's dyno has no exec agent; a Fir app:
 //! 403, see [`FIR_REFUSAL`]). It does not run SSH; reservations it records are what the SSH
 //! proxy checks. Its listener also hosts `/attach/{secret}`, where the `https://` attach URLs
-//! of Fir and Shield one-offs point; that path is a 501 placeholder until the attach server
-//! exists.
+//! of Fir and Shield one-offs and `run:inside` point (`attach.rs`).
 
 use axum::Router;
 use axum::body::Bytes;
@@ -29,7 +28,7 @@ pub(crate) fn router(shared: SharedRef) -> Router {
         .route("/api/v2", get(status))
         .route("/api/v2/", get(status))
         .route("/api/v2/{dyno}", put(exchange))
-        .route("/attach/{secret}", axum::routing::any(attach_placeholder))
+        .route("/attach/{secret}", get(crate::attach::upgrade))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -38,17 +37,6 @@ pub(crate) fn router(shared: SharedRef) -> Router {
             )
         })
         .with_state(shared)
-}
-
-/// Where `https://` attach URLs of Fir and Shield one-offs point. The `Upgrade: tcp` + SSH
-/// server of the attach path (heroku-protocols.md §3.9, §8.5) is not emulated yet, so this
-/// answers 501 to say so instead of a misleading 404.
-async fn attach_placeholder() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        "the HTTPS attach path (Upgrade: tcp, then SSH) is not emulated by herokusim yet",
-    )
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response {

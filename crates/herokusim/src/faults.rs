@@ -44,6 +44,20 @@ pub struct Faults {
     pub drop_ssh_after: Option<u64>,
     /// Refuse the next N exec-manager `PUT /api/v2/{dyno}` with 403 `forbidden`.
     pub refuse_exec_keys: u32,
+    /// Answer the next N `Upgrade: tcp` requests of the HTTPS attach path with
+    /// `attach_refusal_status` instead of 101 (the secret stays unused).
+    pub attach_refusals: u32,
+    /// Status of refused attach upgrades; 0 means 403 (Heroku's IP restriction).
+    pub attach_refusal_status: u16,
+    /// Close the connection after a refused upgrade (otherwise it stays open, keep-alive).
+    pub attach_refusal_close: bool,
+    /// Answer the next N attach upgrades with 101, then close the socket before any SSH.
+    pub drop_attach_upgrades: u32,
+    /// On the attach path, let `exec` requests run their own command (refused by default:
+    /// Heroku's behaviour is unverified, and only `shell` is known to work).
+    pub attach_allow_exec: bool,
+    /// On the attach path, send no `exit-status`/`exit-signal` (clients must use the marker).
+    pub attach_omit_exit_status: bool,
 }
 
 /// Takes one shot from a countdown: true if the fault fires now.

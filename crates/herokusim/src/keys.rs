@@ -2,7 +2,7 @@
 //! OpenSSH public key line, its MD5 colon-hex fingerprint, and the Key JSON Heroku answers with.
 //!
 //! It owns the key model and its validation. The HTTP routes are in `api.rs`; the SSH server of
-//! the HTTPS attach path (which will authorise exactly these keys) is not built yet.
+//! the HTTPS attach path (`ssh.rs`, attach mode) lets in exactly these keys.
 
 use std::time::SystemTime;
 
@@ -31,6 +31,13 @@ pub struct AccountKey {
 }
 
 impl AccountKey {
+    /// Whether `key` is this registered key (same algorithm and key material; the comment
+    /// does not matter).
+    pub(crate) fn is_key(&self, key: &PublicKey) -> bool {
+        PublicKey::from_openssh(self.public_key.trim())
+            .is_ok_and(|k| k.key_data() == key.key_data())
+    }
+
     /// Parses an uploaded OpenSSH public key line (`ssh-ed25519 AAAA… comment`, a trailing
     /// newline allowed). The error says what is wrong, for a 422 message.
     pub(crate) fn parse(uploaded: &str) -> Result<Self, String> {

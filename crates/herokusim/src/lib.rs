@@ -36,10 +36,7 @@
 //! # Not emulated
 //!
 //! Apps cannot be created or deleted over the API, there are no releases, builds, add-ons, logs
-//! (`log-sessions`), 2FA, pagination (`Range`), `run:inside` or the SSH attach path (a Fir or
-//! Shield one-off gets an `https://` `attach_url`, but its path on the HTTPS listener only
-//! answers 501 so far); the SSH
-//! proxy refuses sftp and `direct-tcpip` (so `ps:copy`, `ps:socks`, `ps:forward` do not work).
+//! (`log-sessions`), 2FA or pagination (`Range`); the SSH proxy refuses sftp and `direct-tcpip` (so `ps:copy`, `ps:socks`, `ps:forward` do not work).
 //! The flags, the config file format, the JSON line and the fault API are documented in this
 //! crate's `README.md`.
 
@@ -48,6 +45,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod api;
+mod attach;
 mod config;
 mod dynos;
 mod exec_manager;
@@ -196,6 +194,14 @@ impl Sim {
             .to_openssh()
             .map_err(|e| SimError::HostKey(e.to_string()))?;
 
+        let attach_host_key = russh::keys::PrivateKey::random(
+            &mut rand::rng(),
+            russh::keys::Algorithm::Ecdsa {
+                curve: russh::keys::EcdsaCurve::NistP256,
+            },
+        )
+        .map_err(|e| SimError::HostKey(e.to_string()))?;
+
         let ssh_port = config.ssh_port.unwrap_or_else(|| {
             if nix::unistd::geteuid().is_root() {
                 80
@@ -256,6 +262,7 @@ impl Sim {
                 rate: RatePool::new(config.rate_limit_pool, config.rate_limit_refill_per_minute),
                 created: Vec::new(),
                 account_keys: Vec::new(),
+                attach_grants: std::collections::HashMap::new(),
             }),
             faults: Mutex::new(config.faults.clone()),
             procs: process::ProcessTable::default(),
@@ -264,6 +271,7 @@ impl Sim {
             rendezvous_port: endpoints.rendezvous_port,
             https_port: port(&exec_listener),
             proxy_public_key,
+            attach_ssh: ssh::attach_config(attach_host_key),
             account_id: Uuid::new_v4(),
             config,
         });

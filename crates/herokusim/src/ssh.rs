@@ -3,6 +3,11 @@
 //! `PUT /api/v2/{dyno}`, and runs `exec`/`shell` channels as local processes "of that dyno":
 //! the dyno's env without the app's config vars, killed when the dyno restarts.
 //!
+//! The same server also runs on the sockets of the HTTPS attach path (Fir and Shield one-offs,
+//! `run:inside`; see `attach.rs`), in [`Mode::Attach`]: any user name, only keys registered on
+//! the account, `shell` runs the command of the API call that made the secret, `exec` is
+//! refused unless switched on, and the connection is closed once that command has exited.
+//!
 //! Per channel: exec or shell, with or without a PTY (`pty-req`, `window-change` resizes the
 //! PTY, which delivers SIGWINCH), stdin EOF (closes stdin without a PTY; ignored with one, as
 //! OpenSSH does), `signal`, then after the process exits: its output drained (bounded),
@@ -36,6 +41,8 @@ use crate::state::SharedRef;
 /// Input messages queued per channel; the SSH session waits (backpressure) when full.
 const CHANNEL_INPUT_QUEUE: usize = 64;
 const CHUNK: usize = 16 * 1024;
+/// How long an attach connection may stay open after its one session ended.
+const ATTACH_LINGER: Duration = Duration::from_secs(5);
 
 /// The russh server config for the proxy.
 pub(crate) fn server_config(host_key: russh::keys::PrivateKey) -> Arc<russh::server::Config> {
@@ -94,6 +101,32 @@ impl Budget {
     }
 }
 
+/// What a connection is for: the Heroku Exec proxy (reservations from the exec-manager) or one
+/// session of the HTTPS attach path.
+#[derive(Clone, Debug)]
+pub(crate) enum Mode {
+    Exec,
+    Attach(AttachTarget),
+}
+
+/// The one program an attach connection may run, claimed with its secret.
+#[derive(Clone, Debug)]
+pub(crate) struct AttachTarget {
+    /// Resolved already (`launcher` on a CNB app, a leading process type).
+    pub command: String,
+    pub target: ExecTarget,
+    /// Fault switch: let `exec` run its own command (Heroku's answer is unverified).
+    pub allow_exec: bool,
+    /// Fault switch: send no `exit-status`, so that clients must fall back to the marker.
+    pub omit_exit_status: bool,
+}
+
+/// The russh server config of the attach path: an ECDSA P-256 host key (Heroku's was ECDSA,
+/// heroku-protocols.md §3.9.4), public key authentication only.
+pub(crate) fn attach_config(host_key: russh::keys::PrivateKey) -> Arc<russh::server::Config> {
+    server_config(host_key)
+}
+
 async fn connection(
     shared: SharedRef,
     config: Arc<russh::server::Config>,
@@ -101,6 +134,25 @@ async fn connection(
     peer: SocketAddr,
 ) {
     let _ = tcp.set_nodelay(true);
+    serve_stream(shared, config, tcp, peer, Mode::Exec).await;
+}
+
+/// Runs one SSH connection on any byte stream (a TCP socket of the proxy, or an upgraded HTTPS
+/// connection of the attach path) until the client leaves, the emulator stops or a fault drops
+/// it. In attach mode the target dyno stopping ends the connection too.
+pub(crate) async fn serve_stream<S>(
+    shared: SharedRef,
+    config: Arc<russh::server::Config>,
+    stream: S,
+    peer: SocketAddr,
+    mode: Mode,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let dyno_stopped = match &mode {
+        Mode::Exec => CancellationToken::new(),
+        Mode::Attach(a) => a.target.cancel.clone(),
+    };
     let budget = Arc::new(Budget {
         limit: shared.faults().drop_ssh_after,
         sent: AtomicU64::new(0),
@@ -110,12 +162,14 @@ async fn connection(
     let handler = Conn {
         shared: shared.clone(),
         peer,
+        mode,
         target: None,
+        started: false,
         channels: HashMap::new(),
         budget: budget.clone(),
         conn_cancel: conn_cancel.clone(),
     };
-    let stream = Killable::new(tcp, budget.drop.clone());
+    let stream = Killable::new(stream, budget.drop.clone());
     match russh::server::run_stream(config, stream, handler).await {
         Ok(session) => {
             tokio::select! {
@@ -125,6 +179,11 @@ async fn connection(
                     }
                 }
                 () = shared.cancel.cancelled() => budget.drop.cancel(),
+                () = dyno_stopped.cancelled() => {
+                    // Give the channel's job its moment to send eof/close, then cut.
+                    tracing::info!(%peer, "the attached dyno stopped: closing the ssh connection");
+                    budget.drop.cancel();
+                }
                 () = budget.drop.cancelled() => {
                     tracing::info!(%peer, "dropping the ssh connection (injected fault)");
                 }
@@ -230,7 +289,10 @@ struct ChanState {
 struct Conn {
     shared: SharedRef,
     peer: SocketAddr,
+    mode: Mode,
     target: Option<ExecTarget>,
+    /// Attach mode runs one program per connection (its secret was single-use).
+    started: bool,
     channels: HashMap<ChannelId, ChanState>,
     budget: Arc<Budget>,
     conn_cancel: CancellationToken,
@@ -241,11 +303,22 @@ fn clamp(v: u32) -> u16 {
 }
 
 impl Conn {
-    fn reservation_target(
+    /// The target this key may reach: in exec mode the dyno of a reservation made for this
+    /// user and key; in attach mode the claimed dyno, if the key is registered on the account
+    /// (any user name: the CLI's ssh sends the local login name).
+    fn authorized_target(
         &self,
         user: &str,
         key: &russh::keys::ssh_key::PublicKey,
     ) -> Option<ExecTarget> {
+        if let Mode::Attach(a) = &self.mode {
+            let st = self.shared.state();
+            return st
+                .account_keys
+                .iter()
+                .any(|k| k.is_key(key))
+                .then(|| a.target.clone());
+        }
         let st = self.shared.state();
         let r = st
             .reservations
@@ -271,6 +344,24 @@ impl Conn {
             // One program per channel.
             return session.channel_failure(channel);
         }
+        let (command, attach) = match &self.mode {
+            Mode::Exec => (command, None),
+            Mode::Attach(a) => {
+                if self.started {
+                    return session.channel_failure(channel);
+                }
+                match command {
+                    // `shell` runs the command of the API call that made the secret.
+                    None => (Some(a.command.clone()), Some(a.omit_exit_status)),
+                    Some(c) if a.allow_exec => (Some(c), Some(a.omit_exit_status)),
+                    Some(_) => {
+                        tracing::info!(peer = %self.peer, "attach: exec refused (only shell runs the dyno's command)");
+                        return session.channel_failure(channel);
+                    }
+                }
+            }
+        };
+        self.started = true;
         let (tx, rx) = mpsc::channel(CHANNEL_INPUT_QUEUE);
         state.input = Some(tx);
         let mut env = target.env.clone();
@@ -294,6 +385,7 @@ impl Conn {
             target,
             budget: self.budget.clone(),
             conn_cancel: self.conn_cancel.clone(),
+            attach,
         };
         let shared = self.shared.clone();
         self.shared.tracker.spawn(job.run(shared, rx));
@@ -310,7 +402,7 @@ impl russh::server::Handler for Conn {
         offer: russh::server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         Ok(
-            if self.reservation_target(user, offer.public_key).is_some() {
+            if self.authorized_target(user, offer.public_key).is_some() {
                 Auth::Accept
             } else {
                 Auth::reject()
@@ -323,14 +415,14 @@ impl russh::server::Handler for Conn {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        match self.reservation_target(user, key.public_key) {
+        match self.authorized_target(user, key.public_key) {
             Some(target) => {
                 tracing::info!(peer = %self.peer, %user, algorithm = %key.algorithm, "ssh client authenticated");
                 self.target = Some(target);
                 Ok(Auth::Accept)
             }
             None => {
-                tracing::info!(peer = %self.peer, %user, "ssh client refused: no matching reservation");
+                tracing::info!(peer = %self.peer, %user, "ssh client refused: no matching reservation or account key");
                 Ok(Auth::reject())
             }
         }
@@ -524,6 +616,8 @@ struct ChannelJob {
     target: ExecTarget,
     budget: Arc<Budget>,
     conn_cancel: CancellationToken,
+    /// Attach mode: `Some(omit_exit_status)`; the connection is closed after the channel.
+    attach: Option<bool>,
 }
 
 fn sig_name(signo: i32) -> Sig {
@@ -704,6 +798,9 @@ impl ChannelJob {
         drop(resizer);
         spawned.guard.signal(Signal::SIGKILL);
         match status {
+            Ok(_) if self.attach == Some(true) => {
+                tracing::debug!(channel = %self.channel, "attach: exit-status omitted (fault switch)");
+            }
             Ok(s) => {
                 if let Some(code) = s.code() {
                     let _ = self
@@ -729,6 +826,24 @@ impl ChannelJob {
         let _ = self.handle.close(self.channel).await;
         // A hang-up (the client gone) returns above without this line.
         tracing::debug!(channel = %self.channel, "exec channel closed after its process exited");
+        if self.attach.is_some() {
+            // The attach path carries one session: the connection ends with it. The client
+            // normally leaves once the channel is closed; a disconnect sent at once could
+            // overtake channel data still queued behind the window, so it waits first.
+            tokio::select! {
+                () = self.conn_cancel.cancelled() => return,
+                () = tokio::time::sleep(ATTACH_LINGER) => {}
+            }
+            tracing::info!(channel = %self.channel, "attach: the client stayed after its session ended: disconnecting");
+            let _ = self
+                .handle
+                .disconnect(
+                    russh::Disconnect::ByApplication,
+                    "session ended".to_owned(),
+                    String::new(),
+                )
+                .await;
+        }
     }
 
     async fn fail(self, e: &io::Error) {

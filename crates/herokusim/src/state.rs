@@ -1,5 +1,5 @@
-//! The emulator's shared state: apps, their dynos (formation and one-off), rendezvous secrets,
-//! exec reservations, the rate-limit pool and the active faults, behind one short-held lock.
+//! The emulator's shared state: apps, their dynos (formation and one-off), rendezvous and
+//! attach secrets, exec reservations, the rate-limit pool and the active faults, behind one short-held lock.
 //!
 //! It owns the data model and its JSON rendering. It never holds the lock across an `.await`
 //! and never spawns processes itself (see `dynos.rs` for the lifecycle that does).
@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub https_port: u16,
     /// `proxy_public_key`: the SSH proxy's host key in OpenSSH format.
     pub proxy_public_key: String,
+    /// The SSH server config of the HTTPS attach path (its own ECDSA host key).
+    pub attach_ssh: Arc<russh::server::Config>,
     pub account_id: Uuid,
 }
 
@@ -71,6 +73,8 @@ pub(crate) struct State {
     pub created: Vec<crate::CreatedDyno>,
     /// The account's SSH keys, oldest first; at most [`crate::keys::MAX_ACCOUNT_KEYS`].
     pub account_keys: Vec<crate::keys::AccountKey>,
+    /// Unused secrets of `https://` attach URLs (Fir and Shield one-offs, `run:inside`).
+    pub attach_grants: HashMap<String, crate::attach::Grant>,
 }
 
 /// One app.

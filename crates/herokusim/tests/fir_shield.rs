@@ -369,8 +369,7 @@ async fn invalid_account_keys_are_refused_with_422() {
 }
 
 /// A one-off created with `attach: true` on a Fir or Shield app gets an `https://` attach_url
-/// on herokusim's HTTPS listener (whose attach path is a 501 placeholder for now); a Cedar
-/// Common Runtime app keeps `rendezvous://`.
+/// on herokusim's HTTPS listener; a Cedar Common Runtime app keeps `rendezvous://`.
 #[tokio::test]
 async fn fir_and_shield_one_offs_get_an_https_attach_url() {
     let sim = start().await;
@@ -407,13 +406,14 @@ async fn fir_and_shield_one_offs_get_an_https_attach_url() {
     let url = dyno["attach_url"].as_str().expect("attach_url");
     assert!(url.starts_with("rendezvous://127.0.0.1:"), "{url}");
 
-    // The placeholder says plainly that the attach server is not there yet.
+    // The attach URL is an upgrade endpoint: a plain GET (no `Upgrade: tcp`) is refused and
+    // does not use the secret up.
     let resp = tokio::time::timeout(T, exec_client(&sim).get(&urls[0]).send())
         .await
         .expect("in time")
         .expect("request");
-    assert_eq!(resp.status(), 501);
+    assert_eq!(resp.status(), 400);
     let err: Value = resp.json().await.expect("error json");
-    assert_eq!(err["id"], "not_implemented", "{err}");
+    assert_eq!(err["id"], "bad_request", "{err}");
     sim.shutdown().await;
 }

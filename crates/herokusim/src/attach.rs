@@ -1,0 +1,206 @@
+//! The HTTPS attach path of Fir and Shield apps (heroku-protocols.md §3.9, §8.5): the secrets
+//! that `POST /apps/{app}/dynos` (a Fir or Shield one-off) and `run:inside` hand out in an
+//! `https://` `attach_url`, and the `GET /attach/{secret}` + `Upgrade: tcp` exchange that turns
+//! the HTTPS connection into an SSH connection to the dyno.
+//!
+//! It owns the grants (single-use, expiring), the upgrade's answers (`101` with exactly
+//! `Connection: Upgrade` and `Upgrade: tcp`; `404` for an unknown, used or expired secret; the
+//! injected `403`/other status and dropped upgrade) and the one-off's lifecycle on this path
+//! (`up` once claimed, gone when the SSH connection ends). The SSH server itself is `ssh.rs` in
+//! attach mode; hyper keeps any bytes that followed the request's header block.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use uuid::Uuid;
+
+use crate::api::ApiError;
+use crate::dynos::{ExecTarget, process_env, remove_dyno, resolve_command, set_one_off_state};
+use crate::faults::take;
+use crate::ssh::{AttachTarget, Mode, serve_stream};
+use crate::state::{DynoKind, SharedRef};
+
+/// How long an attach secret stays valid (Heroku's is [unverified]; an emulator choice).
+pub(crate) const GRANT_TTL: Duration = Duration::from_secs(60);
+/// At most this many unused grants are kept; the oldest are dropped beyond it.
+const MAX_GRANTS: usize = 1024;
+
+/// What an `https://` attach secret opens: a command to run in a dyno.
+#[derive(Clone, Debug)]
+pub(crate) struct Grant {
+    pub app: String,
+    pub dyno_id: Uuid,
+    /// As sent in the API call (`launcher` and process types are resolved at claim time).
+    pub command: String,
+    /// The API call's `env` (`TERM`, `COLUMNS`, `LINES`, …).
+    pub env: BTreeMap<String, String>,
+    /// A one-off made for this session (removed when it ends), or a formation dyno that
+    /// `run:inside` borrows (stays `up`).
+    pub one_off: bool,
+    pub expires: Instant,
+}
+
+/// Records a grant and returns the `attach_url` that carries its secret.
+pub(crate) fn grant(state: &mut crate::state::State, https_port: u16, grant: Grant) -> String {
+    let secret = Uuid::new_v4().simple().to_string();
+    let now = Instant::now();
+    state.attach_grants.retain(|_, g| g.expires > now);
+    if state.attach_grants.len() >= MAX_GRANTS
+        && let Some(oldest) = state
+            .attach_grants
+            .iter()
+            .min_by_key(|(_, g)| g.expires)
+            .map(|(s, _)| s.clone())
+    {
+        state.attach_grants.remove(&oldest);
+    }
+    state.attach_grants.insert(secret.clone(), grant);
+    format!("https://127.0.0.1:{https_port}/attach/{secret}")
+}
+
+/// A claimed grant: what the SSH server runs, and what to clean up after.
+struct Claimed {
+    app: String,
+    dyno_id: Uuid,
+    dyno_name: String,
+    one_off: bool,
+    command: String,
+    target: ExecTarget,
+}
+
+/// Takes a grant (single use) if it is unexpired and its dyno can still run it.
+fn claim(shared: &SharedRef, secret: &str) -> Option<Claimed> {
+    let mut st = shared.state();
+    let g = st.attach_grants.remove(secret)?;
+    if g.expires <= Instant::now() {
+        return None;
+    }
+    let app = st.apps.get(&g.app)?;
+    let dyno = app.dynos.values().find(|d| d.id == g.dyno_id)?;
+    if dyno.cancel.is_cancelled() {
+        return None;
+    }
+    let runnable = if g.one_off {
+        dyno.kind == DynoKind::OneOff && dyno.state == "starting"
+    } else {
+        dyno.kind == DynoKind::Formation && dyno.state == "up"
+    };
+    if !runnable {
+        return None;
+    }
+    let mut own = dyno.env.clone();
+    own.extend(g.env.clone());
+    let env = process_env(app, &dyno.name, &own);
+    Some(Claimed {
+        app: g.app.clone(),
+        dyno_id: g.dyno_id,
+        dyno_name: dyno.name.clone(),
+        one_off: g.one_off,
+        command: resolve_command(app, &g.command),
+        target: ExecTarget {
+            env,
+            cwd: app.home.clone(),
+            cancel: dyno.cancel.clone(),
+        },
+    })
+}
+
+fn plain(status: StatusCode, text: &str, close: bool) -> Response {
+    let mut r = (status, text.to_owned()).into_response();
+    if close {
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+fn asks_for_tcp(req: &Request) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("tcp"))
+}
+
+/// `GET /attach/{secret}` with `Upgrade: tcp`.
+pub(crate) async fn upgrade(
+    State(shared): State<SharedRef>,
+    Path(secret): Path<String>,
+    mut req: Request,
+) -> Response {
+    let names: Vec<&str> = req.headers().keys().map(|k| k.as_str()).collect();
+    tracing::info!(method = %req.method(), headers = ?names, "attach upgrade request");
+    if !asks_for_tcp(&req) {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the attach endpoint expects `Connection: Upgrade` and `Upgrade: tcp`",
+        )
+        .into_response();
+    }
+    let (refuse, status, close, drop_it) = {
+        let mut f = shared.faults();
+        let refuse = take(&mut f.attach_refusals);
+        let status = StatusCode::from_u16(f.attach_refusal_status)
+            .ok()
+            .filter(|s| !s.is_informational())
+            .unwrap_or(StatusCode::FORBIDDEN);
+        let drop_it = !refuse && take(&mut f.drop_attach_upgrades);
+        (refuse, status, f.attach_refusal_close, drop_it)
+    };
+    if refuse {
+        tracing::info!(status = %status, close, "attach upgrade refused (injected fault)");
+        // The secret stays unused: a refused upgrade ran nothing.
+        return plain(status, "Forbidden", close);
+    }
+    let Some(claimed) = claim(&shared, &secret) else {
+        tracing::info!("attach secret unknown, used or expired: 404");
+        return plain(StatusCode::NOT_FOUND, "Not Found", true);
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    if claimed.one_off {
+        set_one_off_state(&shared, &claimed.app, claimed.dyno_id, "up");
+    }
+    tracing::info!(app = %claimed.app, dyno = %claimed.dyno_name, one_off = claimed.one_off, "attach upgraded");
+    let (allow_exec, omit_exit_status) = {
+        let f = shared.faults();
+        (f.attach_allow_exec, f.attach_omit_exit_status)
+    };
+    let shared2 = shared.clone();
+    shared.tracker.spawn(async move {
+        let (app, id, one_off) = (claimed.app.clone(), claimed.dyno_id, claimed.one_off);
+        match on_upgrade.await {
+            Ok(upgraded) if !drop_it => {
+                let mode = Mode::Attach(AttachTarget {
+                    command: claimed.command,
+                    target: claimed.target,
+                    allow_exec,
+                    omit_exit_status,
+                });
+                let config = shared2.attach_ssh.clone();
+                let peer = SocketAddr::from(([127, 0, 0, 1], 0));
+                serve_stream(shared2.clone(), config, TokioIo::new(upgraded), peer, mode).await;
+            }
+            Ok(upgraded) => {
+                tracing::info!("dropping the upgraded attach connection (injected fault)");
+                drop(upgraded);
+            }
+            Err(e) => tracing::debug!(error = %e, "attach upgrade did not complete"),
+        }
+        if one_off {
+            remove_dyno(&shared2, &app, id);
+        }
+    });
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    r.headers_mut()
+        .insert(header::UPGRADE, HeaderValue::from_static("tcp"));
+    r
+}
