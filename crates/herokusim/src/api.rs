@@ -374,6 +374,15 @@ fn app_exists(shared: &SharedRef, app: &str) -> Result<(), ApiError> {
     }
 }
 
+/// The injected 409 of both dyno routes (the release is not yet visible to the runtime).
+fn conflict() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "conflict",
+        "The release is not yet available to the runtime. Please try again.",
+    )
+}
+
 async fn create_dyno(
     State(shared): State<SharedRef>,
     Path(app): Path<String>,
@@ -383,11 +392,7 @@ async fn create_dyno(
     {
         let mut f = shared.faults();
         if take(&mut f.create_conflicts) {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                "The release is not yet available to the runtime. Please try again.",
-            ));
+            return Err(conflict());
         }
         if take(&mut f.create_limit_errors) {
             return Err(ApiError::new(
@@ -418,7 +423,8 @@ async fn create_dyno(
 ///
 /// Refusals: a dyno that is not `up` or does not exist gets Heroku's 422 `invalid_params`. A
 /// non-Fir app gets 422 too: `run:inside` is documented for Fir apps only, and what Heroku
-/// answers for a Cedar app is [unverified] (herokusim's choice, worded to say why).
+/// answers for a Cedar app is [unverified] (herokusim's choice, worded to say why). The
+/// injected 409 (`create_conflicts`) applies here as on create: the CLI retries it on both.
 async fn run_inside(
     State(shared): State<SharedRef>,
     Path((app, dyno)): Path<(String, String)>,
@@ -429,6 +435,9 @@ async fn run_inside(
         let a = st.apps.get(&app).ok_or_else(ApiError::app_not_found)?;
         a.generation == crate::config::Generation::Fir
     };
+    if take(&mut shared.faults().create_conflicts) {
+        return Err(conflict());
+    }
     if !fir {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Faults {
-    /// Answer the next N `POST /apps/{app}/dynos` with 409 (the release is not yet visible to
-    /// the runtime, as just after app creation).
+    /// Answer the next N `POST /apps/{app}/dynos` and `POST /apps/{app}/dynos/{dyno}`
+    /// (`run:inside`) with 409 (the release is not yet visible to the runtime, as just after
+    /// app creation).
     pub create_conflicts: u32,
     /// Answer the next N creates with 422 `cannot_run_above_limit`.
     pub create_limit_errors: u32,
