@@ -61,6 +61,7 @@ impl Router {
             rendezvous,
             drain_after_marker: std::time::Duration::from_secs(5),
             stop_timeout: std::time::Duration::from_secs(15),
+            attach_ssh: RunConfig::default_attach_ssh(),
         });
         Ok(Router {
             local: Arc::new(LocalBackend::new(local)),

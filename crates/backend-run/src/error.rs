@@ -11,9 +11,12 @@ use backend::{ExitStatus, INTERNAL_EXIT_CODE};
 use heroku_api::HerokuError;
 use heroku_policy::PolicyError;
 
+use backend_ssh::SshError;
+
 use crate::args::ArgsError;
 use crate::rendezvous::RendezvousError;
-use crate::session::MAX_TIME_TO_LIVE_SECS;
+use crate::session::{HEROKU_SSH_KEY_VAR, MAX_TIME_TO_LIVE_SECS};
+use crate::ssh_attach::UpgradeError;
 
 /// Exit code for bad arguments or settings (nothing was started).
 const USAGE_EXIT_CODE: i32 = 2;
@@ -49,6 +52,21 @@ pub enum RunError {
         "the connection to dyno {dyno} dropped before the command finished ({error}); its exit status is unknown"
     )]
     Dropped { dyno: String, error: std::io::Error },
+    /// `HEROKU_SSH_KEY` is set but unusable (checked before any dyno exists).
+    #[error("{0}")]
+    AttachKey(Box<SshError>),
+    #[error(
+        "dyno {dyno} attaches over SSH (Heroku's attach path for Fir apps, Shield spaces and run:inside), which needs an SSH key registered on the Heroku account: set the connection secret {HEROKU_SSH_KEY_VAR} to an ed25519 private key and register its public key once (`dynoagent keys register`, or `heroku keys:add`)"
+    )]
+    NoAttachKey { dyno: String },
+    #[error("attaching to dyno {dyno}: {error}")]
+    Upgrade { dyno: String, error: UpgradeError },
+    #[error(
+        "dyno {dyno}'s SSH server refused the key in {HEROKU_SSH_KEY_VAR} ({fingerprint}): it is not registered on the Heroku account of HEROKU_API_KEY; register it with `dynoagent keys register` or `heroku keys:add`"
+    )]
+    KeyNotRegistered { dyno: String, fingerprint: String },
+    #[error("attaching to dyno {dyno} over SSH: {error}")]
+    AttachSsh { dyno: String, error: Box<SshError> },
     #[error(
         "the command on dyno {dyno} ended before dynoagent's exit marker could run (the dyno's shell was killed or stopped from outside); its exit status is unknown"
     )]
@@ -60,6 +78,7 @@ impl From<RunError> for ExitStatus {
         let code = match &e {
             RunError::Args(_)
             | RunError::TimeToLive
+            | RunError::AttachKey(_)
             | RunError::Policy(PolicyError::InvalidAppName(_)) => USAGE_EXIT_CODE,
             _ => INTERNAL_EXIT_CODE,
         };

@@ -3,7 +3,9 @@
 //!
 //! - [`args`]: the `heroku run` flags, validated before any API call (bad input exits 2);
 //! - the Platform API (crate `heroku-api`) creates the dyno with `attach: true`;
-//! - [`rendezvous`]: the TLS stream to the dyno's process;
+//! - [`rendezvous`]: the TLS stream to the dyno's process (`rendezvous://` attach URLs);
+//! - [`ssh_attach`]: `https://` attach URLs (Fir, Shield, `run:inside`): an HTTPS
+//!   `Upgrade: tcp`, then SSH (crate `backend-ssh`) with the account key `HEROKU_SSH_KEY`;
 //! - [`marker`]: the exit status from the in-band marker, scanned across reads;
 //! - exec sessions use `force_no_tty: true` and end the input with `0x04`; input that itself
 //!   contains `0x04` is sent base64-encoded and decoded on the dyno, so it arrives unchanged;
@@ -12,18 +14,20 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod account_key;
 pub mod args;
 mod error;
 pub mod marker;
 pub mod rendezvous;
 mod session;
+pub mod ssh_attach;
 
 use backend::{Backend, ExitStatus, SessionIo, SessionRequest};
 use futures::future::BoxFuture;
 
 pub use error::RunError;
 use heroku_policy::basename;
-pub use session::RunConfig;
+pub use session::{HEROKU_SSH_KEY_VAR, RunConfig};
 
 /// Whether a connection command belongs to this backend: `heroku run …` (any path to a
 /// `heroku` binary, first argument `run`) or `heroku-run`.

@@ -1,10 +1,15 @@
-//! One run session: parse the arguments, create the one-off dyno, attach through rendezvous,
-//! stream both ways, recover the exit status from the marker, and always stop the dyno.
+//! One run session: parse the arguments, create the one-off dyno, attach (rendezvous, or the
+//! SSH attach path for an `https://` attach URL), stream both ways, recover the exit status
+//! from the marker, and always stop the dyno.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use backend::duplex::{self, Ending, RemoteInput, pump_input};
-use backend::{ExitStatus, Input, Mode, SessionIo, SessionRequest};
+use backend::{ExitStatus, Input, Mode, SessionIo, SessionRequest, TermSize};
+use backend_ssh::{
+    ChannelSpec, ClientOptions, HostKeyPolicy, SshError, Start, StdoutFilter, Target,
+};
 use bytes::{Bytes, BytesMut};
 use heroku_api::{ClientConfig, CreateDyno, HerokuClient};
 use heroku_policy::session_args;
@@ -14,6 +19,14 @@ use crate::args::{self, Parsed, RunArgs};
 use crate::error::RunError;
 use crate::marker::{self, MarkerScanner};
 use crate::rendezvous::{self, RendezvousConfig};
+use crate::ssh_attach;
+
+/// The connection secret with the SSH private key registered on the Heroku account, used on
+/// the SSH attach path (Fir, Shield, `run:inside`; heroku-protocols.md §3.9.6). Key text, base64
+/// of key text, or a file path; read from the connection only, never from a client's `-e`.
+pub const HEROKU_SSH_KEY_VAR: &str = "HEROKU_SSH_KEY";
+/// The user name sent on the SSH attach path; Heroku's server ignores it (§3.9.4).
+const ATTACH_SSH_USER: &str = "dyno";
 
 /// End-of-input byte on the rendezvous protocol (no-tty mode).
 const EOT: u8 = 0x04;
@@ -58,6 +71,20 @@ pub struct RunConfig {
     pub drain_after_marker: Duration,
     /// Limit for stopping the dyno at the end.
     pub stop_timeout: Duration,
+    /// SSH settings on the attach path: connect timeout, keepalive (about every 20 s, as the
+    /// CLI's `ServerAliveInterval=20`), kill grace on cancellation.
+    pub attach_ssh: ClientOptions,
+}
+
+impl RunConfig {
+    /// SSH options for the attach path: the CLI's keepalive (20 s × 3).
+    pub fn default_attach_ssh() -> ClientOptions {
+        ClientOptions {
+            keepalive_interval: Duration::from_secs(20),
+            keepalive_max: 3,
+            ..ClientOptions::default()
+        }
+    }
 }
 
 pub(crate) async fn run(config: RunConfig, request: SessionRequest, io: SessionIo) -> ExitStatus {
@@ -83,6 +110,15 @@ async fn session(
     io.report.set_app(&run_args.app);
     let key = heroku_policy::api_key(&request.env)?;
     let ttl = time_to_live(&request)?;
+    // The account key for the SSH attach path, checked before any dyno exists; whether it is
+    // needed is known only from the attach URL.
+    let attach_key = match request.env.connection_text_or_file(HEROKU_SSH_KEY_VAR) {
+        None => None,
+        Some(value) => Some(Arc::new(
+            backend_ssh::load_key(Some(value), HEROKU_SSH_KEY_VAR)
+                .map_err(|e| RunError::AttachKey(Box::new(e)))?,
+        )),
+    };
     let client = HerokuClient::new(config.api.clone(), key)?;
     // Like the CLI: one app lookup for the stack, skipped with --no-launcher; a failure stops
     // the session before any dyno exists.
@@ -154,11 +190,17 @@ async fn session(
     };
     tracing::info!(app = %run_args.app, dyno = %dyno.name, "one-off dyno created");
     io.report.set_dyno(&dyno.name);
+    let pty = match request.mode {
+        Mode::Terminal { size } if body.force_no_tty.is_none() => Some(size),
+        _ => None,
+    };
     let plan = AttachPlan {
         dyno: &dyno,
         nonce: &nonce,
         send: send_input,
         mode: request.mode,
+        pty,
+        key: attach_key,
     };
     let status = attach(&config, plan, &mut io).await;
 
@@ -274,13 +316,16 @@ fn base64_lines(data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// What to attach to: the created dyno, the session's marker nonce, the input plan and the
-/// session's mode.
+/// What to attach to: the created dyno, the session's marker nonce, the input plan, the
+/// session's mode, its terminal (none for exec and `--no-tty`), and the account key for the
+/// SSH attach path.
 struct AttachPlan<'a> {
     dyno: &'a heroku_api::Dyno,
     nonce: &'a str,
     send: SendInput,
     mode: Mode,
+    pty: Option<TermSize>,
+    key: Option<Arc<backend_ssh::PrivateKey>>,
 }
 
 /// Attaches to the dyno through rendezvous and streams both ways until the command's exit
@@ -290,11 +335,17 @@ async fn attach(
     plan: AttachPlan<'_>,
     io: &mut SessionIo,
 ) -> Result<ExitStatus, RunError> {
+    if let Some(url) = plan.dyno.attach_url.as_deref()
+        && (url.starts_with("https://") || url.starts_with("http://"))
+    {
+        return attach_ssh(config, url, plan, io).await;
+    }
     let AttachPlan {
         dyno,
         nonce,
         send,
         mode,
+        ..
     } = plan;
     let SessionIo {
         input,
@@ -402,6 +453,98 @@ async fn attach(
         (Some(code), _) => Ok(ExitStatus::exited(code)),
         (None, End::Dropped(error)) => Err(RunError::Dropped { dyno, error }),
         (None, _) => Err(RunError::NoMarker { dyno }),
+    }
+}
+
+/// The SSH attach path: upgrade the `https://` attach URL, SSH with the account key (the host
+/// key is not pinnable; the verified TLS and the secret URL authenticate the server), run the
+/// dyno's command on `shell` with a PTY for terminals (resizes forwarded), and take the exit
+/// code from the marker, else from the channel's `exit-status`/`exit-signal`, else 254.
+async fn attach_ssh(
+    config: &RunConfig,
+    url: &str,
+    plan: AttachPlan<'_>,
+    io: &mut SessionIo,
+) -> Result<ExitStatus, RunError> {
+    let dyno = plan.dyno.name.clone();
+    let Some(key) = plan.key else {
+        return Err(RunError::NoAttachKey { dyno });
+    };
+    let upgrade = ssh_attach::upgrade(
+        url,
+        Arc::clone(&config.rendezvous.tls),
+        config.rendezvous.connect_timeout,
+    );
+    let (stream, host, port) = tokio::select! {
+        () = io.cancel.cancelled() => return Err(RunError::Closed),
+        r = upgrade => r.map_err(|error| RunError::Upgrade { dyno: dyno.clone(), error })?,
+    };
+    let target = Target {
+        host,
+        port,
+        user: ATTACH_SSH_USER.to_owned(),
+    };
+    let fingerprint = backend_ssh::fingerprint(key.public_key());
+    let connect = backend_ssh::connect_stream(
+        stream,
+        &target,
+        HostKeyPolicy::TrustTransport,
+        key,
+        &config.attach_ssh,
+    );
+    let conn = tokio::select! {
+        () = io.cancel.cancelled() => return Err(RunError::Closed),
+        r = connect => r.map_err(|error| match error {
+            SshError::Auth { .. } => RunError::KeyNotRegistered { dyno: dyno.clone(), fingerprint },
+            other => RunError::AttachSsh { dyno: dyno.clone(), error: Box::new(other) },
+        })?,
+    };
+    tracing::info!(dyno = %dyno, "attached over SSH");
+    // Exec input is complete already: it goes first, then the channel's EOF (no 0x04 on this
+    // path). A terminal streams the session's own input.
+    let input = match plan.mode {
+        Mode::Exec => {
+            let (tx, rx) = tokio::sync::mpsc::channel(2);
+            if !plan.send.data.is_empty() {
+                let _ = tx.try_send(Input::Data(plan.send.data));
+            }
+            let _ = tx.try_send(Input::Eof);
+            rx
+        }
+        Mode::Terminal { .. } => {
+            let (_closed, rx) = tokio::sync::mpsc::channel(1);
+            std::mem::replace(&mut io.input, rx)
+        }
+    };
+    let channel_io = SessionIo {
+        input,
+        stdout: io.stdout.clone(),
+        stderr: io.stderr.clone(),
+        cancel: io.cancel.clone(),
+        report: io.report.clone(),
+    };
+    let spec = ChannelSpec {
+        start: Start::Shell,
+        pty: plan.pty,
+        term: "xterm-256color".to_owned(),
+        stdin_closed: false,
+    };
+    let mut filter = MarkerFilter(MarkerScanner::new(plan.nonce));
+    Ok(conn.run_filtered(spec, channel_io, &mut filter).await)
+}
+
+/// The exit marker as a filter of the SSH channel's stdout.
+struct MarkerFilter(MarkerScanner);
+
+impl StdoutFilter for MarkerFilter {
+    fn feed(&mut self, chunk: &[u8]) -> Bytes {
+        self.0.feed(chunk)
+    }
+    fn finish(&mut self) -> Bytes {
+        self.0.finish()
+    }
+    fn exit_code(&self) -> Option<i32> {
+        self.0.status()
     }
 }
 

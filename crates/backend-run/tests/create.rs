@@ -32,6 +32,7 @@ async fn a_create_whose_answer_never_comes_leaves_no_dyno() {
         rendezvous: RendezvousConfig::new(Some(sim.ca_pem().as_bytes())).unwrap(),
         drain_after_marker: Duration::from_secs(1),
         stop_timeout: Duration::from_secs(10),
+        attach_ssh: RunConfig::default_attach_ssh(),
     });
     let s = start(
         &backend,

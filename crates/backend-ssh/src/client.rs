@@ -178,9 +178,41 @@ pub async fn connect(
     options: &ClientOptions,
 ) -> Result<Connection, SshError> {
     let addr = target.addr();
+    let dial_and_connect = async {
+        let stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| SshError::Connect {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        let _ = stream.set_nodelay(true);
+        connect_inner(stream, target, policy, key, options).await
+    };
+    match tokio::time::timeout(options.connect_timeout, dial_and_connect).await {
+        Ok(r) => r,
+        Err(_) => Err(SshError::Timeout {
+            addr,
+            after: options.connect_timeout,
+        }),
+    }
+}
+
+/// Like [`connect`], over a stream that is already open (for example an upgraded HTTPS
+/// connection); `target` names the server in messages and for `policy`.
+pub async fn connect_stream<S>(
+    stream: S,
+    target: &Target,
+    policy: HostKeyPolicy,
+    key: Arc<PrivateKey>,
+    options: &ClientOptions,
+) -> Result<Connection, SshError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let addr = target.addr();
     match tokio::time::timeout(
         options.connect_timeout,
-        connect_inner(target, policy, key, options),
+        connect_inner(stream, target, policy, key, options),
     )
     .await
     {
@@ -192,12 +224,16 @@ pub async fn connect(
     }
 }
 
-async fn connect_inner(
+async fn connect_inner<S>(
+    stream: S,
     target: &Target,
     policy: HostKeyPolicy,
     key: Arc<PrivateKey>,
     options: &ClientOptions,
-) -> Result<Connection, SshError> {
+) -> Result<Connection, SshError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let addr = target.addr();
     let mut preferred = Preferred::default();
     let known = policy.algorithms_for(&target.host, target.port);
@@ -235,13 +271,6 @@ async fn connect_inner(
         refusal: refusal.clone(),
         ended: ended.clone(),
     };
-    let stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
-        .await
-        .map_err(|e| SshError::Connect {
-            addr: addr.clone(),
-            reason: e.to_string(),
-        })?;
-    let _ = stream.set_nodelay(true);
     let mut handle = match client::connect_stream(config, stream, handler).await {
         Ok(h) => h,
         Err(e) => {
@@ -326,6 +355,32 @@ impl ChannelSpec {
     }
 }
 
+/// A transformation of the channel's stdout before it reaches the session (the run
+/// backend's exit marker), which may also know the command's exit code.
+pub trait StdoutFilter: Send {
+    /// The bytes to forward for `chunk` (possibly fewer, held back across calls).
+    fn feed(&mut self, chunk: &[u8]) -> Bytes;
+    /// Whatever is still held back once the channel has ended.
+    fn finish(&mut self) -> Bytes;
+    /// An exit code found in the output; it takes precedence over the channel's own.
+    fn exit_code(&self) -> Option<i32>;
+}
+
+/// Forwards everything and knows no exit code.
+struct Unfiltered;
+
+impl StdoutFilter for Unfiltered {
+    fn feed(&mut self, chunk: &[u8]) -> Bytes {
+        Bytes::copy_from_slice(chunk)
+    }
+    fn finish(&mut self) -> Bytes {
+        Bytes::new()
+    }
+    fn exit_code(&self) -> Option<i32> {
+        None
+    }
+}
+
 /// How the remote side ended, before mapping to an exit code.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Outcome {
@@ -341,8 +396,20 @@ impl Connection {
 
     /// Runs one channel to completion against `io`, then closes the connection.
     pub async fn run(self, spec: ChannelSpec, io: SessionIo) -> ExitStatus {
+        self.run_filtered(spec, io, &mut Unfiltered).await
+    }
+
+    /// Like [`Connection::run`], with the channel's stdout passed through `filter`; an exit
+    /// code the filter found wins over the channel's `exit-status`, and stands in when the
+    /// channel sent none.
+    pub async fn run_filtered(
+        self,
+        spec: ChannelSpec,
+        io: SessionIo,
+        filter: &mut dyn StdoutFilter,
+    ) -> ExitStatus {
         let status = self
-            .run_channel(spec, io)
+            .run_channel(spec, io, filter)
             .await
             .unwrap_or_else(ExitStatus::from);
         let _ = self
@@ -352,7 +419,12 @@ impl Connection {
         status
     }
 
-    async fn run_channel(&self, spec: ChannelSpec, io: SessionIo) -> Result<ExitStatus, SshError> {
+    async fn run_channel(
+        &self,
+        spec: ChannelSpec,
+        io: SessionIo,
+        filter: &mut dyn StdoutFilter,
+    ) -> Result<ExitStatus, SshError> {
         let SessionIo {
             input,
             stdout,
@@ -432,8 +504,12 @@ impl Connection {
                 match msg {
                     ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => {
                         // Extended data (type 1) is the remote stderr.
-                        let sink = if is_stderr { &stderr } else { &stdout };
-                        if sink.write(data).await.is_err() {
+                        let (sink, data) = if is_stderr {
+                            (&stderr, data)
+                        } else {
+                            (&stdout, filter.feed(&data))
+                        };
+                        if !data.is_empty() && sink.write(data).await.is_err() {
                             return ChannelEnd::ClientGone;
                         }
                     }
@@ -489,6 +565,13 @@ impl Connection {
                 let _ = write.close().await;
             }
             Ending::Finished(ChannelEnd::Closed) => {}
+        }
+        let rest = filter.finish();
+        if !rest.is_empty() {
+            let _ = stdout.write(rest).await;
+        }
+        if let Some(code) = filter.exit_code() {
+            return Ok(ExitStatus::exited(code));
         }
         match outcome {
             Some(Outcome::Code(code)) => Ok(status_from_code(code)),

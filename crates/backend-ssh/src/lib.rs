@@ -33,11 +33,14 @@ use std::sync::Arc;
 
 use backend::{Backend, ExitStatus, Mode, SessionEnv, SessionIo, SessionRequest};
 use futures::future::BoxFuture;
-use russh::keys::PrivateKey;
 
-pub use client::{ChannelSpec, ClientOptions, Connection, Start, Target, connect};
+pub use client::{
+    ChannelSpec, ClientOptions, Connection, Start, StdoutFilter, Target, connect, connect_stream,
+};
 pub use error::SshError;
 pub use hostkey::{HostKeyError, HostKeyPolicy, KnownHosts, fingerprint};
+/// The key type [`load_key`] returns and [`connect`] takes.
+pub use russh::keys::PrivateKey;
 
 /// Whether a connection command belongs to this backend: its program is `ssh` (any path).
 pub fn claims(command: &[String]) -> bool {
@@ -206,7 +209,7 @@ pub const MAX_KNOWN_HOSTS_FILE: u64 = hostkey::MAX_KNOWN_HOSTS_BYTES;
 /// Loads the private key from PEM text, base64-wrapped PEM/OpenSSH text, or a file path.
 /// `source` names where the value came from, for messages. Errors never quote the value: a key
 /// that is not recognised as key text could still be one, so it is never echoed as a "path".
-fn load_key(identity: Option<&str>, source: &str) -> Result<PrivateKey, SshError> {
+pub fn load_key(identity: Option<&str>, source: &str) -> Result<PrivateKey, SshError> {
     let Some(identity) = identity.filter(|i| !i.trim().is_empty()) else {
         return Err(SshError::NoKey);
     };

@@ -26,13 +26,17 @@ use reqwest::{Method, StatusCode, header};
 use serde::de::DeserializeOwned;
 use url::Url;
 
-pub use model::{App, CreateDyno, Dyno, ExecCredentials, ExecReservation, Feature};
+pub use model::{
+    AccountKey, App, CreateDyno, Dyno, ExecCredentials, ExecReservation, Feature, RunInside,
+};
 
 /// Heroku's production Platform API.
 pub const DEFAULT_API_URL: &str = "https://api.heroku.com";
 /// Heroku's production exec-manager.
 pub const DEFAULT_EXEC_URL: &str = "https://exec-manager.heroku.com";
 const ACCEPT_V3: &str = "application/vnd.heroku+json; version=3";
+/// The variant the CLI sends for `run:inside` (heroku-protocols.md §3.10).
+const ACCEPT_RUN_INSIDE: &str = "application/vnd.heroku+json; version=3.run-inside";
 const USER_AGENT: &str = concat!("dynoagent/", env!("CARGO_PKG_VERSION"));
 
 /// A Heroku API key. Never printed.
@@ -205,6 +209,73 @@ impl HerokuClient {
     }
 
     /// `POST /apps/{app}/dynos`, retried on 409 (the release is not yet visible).
+    /// `run:inside`: runs `body.command` inside the running dyno `dyno` (Fir); the answer's
+    /// `attach_url` is where to attach. Never retried on 5xx (the command may have started).
+    pub async fn run_inside(
+        &self,
+        app: &str,
+        dyno: &str,
+        body: &RunInside,
+    ) -> Result<Dyno, HerokuError> {
+        let url = self.api_url(&format!("/apps/{app}/dynos/{dyno}"))?;
+        let body = serde_json::to_value(body).map_err(|e| HerokuError::Setup(e.to_string()))?;
+        self.call_as(
+            ACCEPT_RUN_INSIDE,
+            Method::POST,
+            url,
+            Some(body),
+            Auth::Bearer,
+            Retry::CreateDyno,
+            &format!("running a command inside dyno {dyno} of {app}"),
+        )
+        .await
+    }
+
+    /// The SSH keys registered on the account.
+    pub async fn account_keys(&self) -> Result<Vec<AccountKey>, HerokuError> {
+        let url = self.api_url("/account/keys")?;
+        self.call(
+            Method::GET,
+            url,
+            None,
+            Auth::Bearer,
+            Retry::Idempotent,
+            "listing the account's SSH keys",
+        )
+        .await
+    }
+
+    /// Registers an OpenSSH public key line on the account.
+    pub async fn add_account_key(&self, public_key: &str) -> Result<AccountKey, HerokuError> {
+        let url = self.api_url("/account/keys")?;
+        self.call(
+            Method::POST,
+            url,
+            Some(serde_json::json!({ "public_key": public_key })),
+            Auth::Bearer,
+            Retry::Never,
+            "registering an SSH key on the account",
+        )
+        .await
+    }
+
+    /// Registers `public_key` unless the account already has it (same type and key; the
+    /// comment does not matter). Returns the key and whether it was added now.
+    pub async fn ensure_account_key(
+        &self,
+        public_key: &str,
+    ) -> Result<(AccountKey, bool), HerokuError> {
+        if let Some(k) = self
+            .account_keys()
+            .await?
+            .into_iter()
+            .find(|k| k.is(public_key))
+        {
+            return Ok((k, false));
+        }
+        Ok((self.add_account_key(public_key).await?, true))
+    }
+
     pub async fn create_dyno(&self, app: &str, body: &CreateDyno) -> Result<Dyno, HerokuError> {
         let url = self.api_url(&format!("/apps/{app}/dynos"))?;
         let body = serde_json::to_value(body).map_err(|e| HerokuError::Setup(e.to_string()))?;
@@ -353,6 +424,22 @@ impl HerokuClient {
         retry: Retry,
         what: &str,
     ) -> Result<T, HerokuError> {
+        self.call_as(ACCEPT_V3, method, url, body, auth, retry, what)
+            .await
+    }
+
+    /// [`HerokuClient::call`] with another `Accept` variant.
+    #[allow(clippy::too_many_arguments)]
+    async fn call_as<T: DeserializeOwned>(
+        &self,
+        accept: &str,
+        method: Method,
+        url: Url,
+        body: Option<serde_json::Value>,
+        auth: Auth<'_>,
+        retry: Retry,
+        what: &str,
+    ) -> Result<T, HerokuError> {
         let host = url.host_str().unwrap_or_default().to_owned();
         let mut attempt = 0u32;
         loop {
@@ -360,7 +447,7 @@ impl HerokuClient {
             let mut request = self
                 .http
                 .request(method.clone(), url.clone())
-                .header(header::ACCEPT, ACCEPT_V3);
+                .header(header::ACCEPT, accept);
             request = match auth {
                 Auth::Bearer => request.bearer_auth(self.key.expose()),
                 Auth::Basic(app) => {

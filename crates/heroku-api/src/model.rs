@@ -125,6 +125,42 @@ pub struct ExecCredentials {
     pub dyno_ip: String,
 }
 
+/// An SSH key registered on the account (`/account/keys`, heroku-protocols.md §3.9.5).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct AccountKey {
+    #[serde(default)]
+    pub id: String,
+    /// The OpenSSH public key line as uploaded.
+    #[serde(default)]
+    pub public_key: String,
+    #[serde(default)]
+    pub comment: String,
+    #[serde(default)]
+    pub fingerprint: String,
+}
+
+impl AccountKey {
+    /// Whether this registered key is `public_key` (an OpenSSH public key line): the same type
+    /// and base64 key field; comments do not matter.
+    pub fn is(&self, public_key: &str) -> bool {
+        let fields = |line: &str| {
+            let mut f = line.split_whitespace();
+            (f.next().map(str::to_owned), f.next().map(str::to_owned))
+        };
+        let (t, b) = fields(&self.public_key);
+        t.is_some() && b.is_some() && (t, b) == fields(public_key)
+    }
+}
+
+/// `POST /apps/{app}/dynos/{dyno}` (`run:inside`, heroku-protocols.md §3.10): only `command`
+/// and `env`, as the CLI sends.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RunInside {
+    pub command: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, serde_json::Value>,
+}
+
 /// One entry of exec-manager's `GET /api/v2`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct ExecReservation {
