@@ -627,7 +627,10 @@ async fn run_inside_runs_in_the_formation_dyno_and_leaves_it_up() {
     );
     assert_eq!(run.code, Some(5), "{run:?}");
     assert_eq!(dyno_state(&sim, "firapp", &web1).await, "up");
-    assert_eq!(dyno_names(&sim, "firapp").await, std::slice::from_ref(&web1));
+    assert_eq!(
+        dyno_names(&sim, "firapp").await,
+        std::slice::from_ref(&web1)
+    );
     assert_no_process_left(&sim).await;
     assert_eq!(dyno_state(&sim, "firapp", &web1).await, "up");
 

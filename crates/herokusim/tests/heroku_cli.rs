@@ -1,10 +1,16 @@
 //! Conformance with the real Heroku CLI (npm `heroku` 11.x): each case of issue 4 runs the CLI
 //! against an in-process herokusim and asserts its output and exit code.
 //!
-//! The CLI is found through `DYNOAGENT_HEROKU_CLI` (path to the `heroku` binary) or `heroku` on
-//! `PATH`; without it the test fails and says how to install it (`scripts/test` does). The SSH
-//! proxy must be on 127.0.0.1:80 (the CLI hard-codes port 80), so all cases share one emulator
-//! inside one test function, run one after another.
+//! The CLI is found through `DYNOAGENT_HEROKU_CLI` (path to the `heroku` binary), `heroku` on
+//! `PATH`, or where `scripts/test` installs it (`~/.cache/dynoagent/heroku-cli`); without it the test fails and says how to install it (`scripts/test` does). The SSH
+//! proxy must be on 127.0.0.1:80 (the CLI hard-codes port 80), so all rendezvous and Heroku
+//! Exec cases share one emulator inside one test function, run one after another.
+//!
+//! The SSH attach path of a Fir app (`heroku run`, `run:inside`, heroku-protocols.md §3.9, §3.10,
+//! §9) has its own test function on its own emulator with a free SSH proxy port (the path does not
+//! use the proxy), so it runs in parallel. The CLI spawns `ssh` from `PATH`: a shim first on the
+//! CLI's `PATH` execs `/usr/bin/ssh` with the test key (OpenSSH reads `~/.ssh` from the passwd
+//! entry, so an isolated `HOME` cannot carry it); without OpenSSH that test fails with a hint.
 //!
 //! `ps:exec` cases give the CLI a terminal as stdin, as an interactive user has: with a pipe or
 //! /dev/null, CLI 11.10.0 writes `0x04` after the channel closed and crashes with
@@ -45,8 +51,14 @@ fn find_cli() -> PathBuf {
         return p;
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
+    // Where scripts/test installs it, so that a plain `cargo test` finds it too.
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|c| c.join("dynoagent/heroku-cli/node_modules/.bin/heroku"));
     std::env::split_paths(&path)
         .map(|d| d.join("heroku"))
+        .chain(cache)
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("{INSTALL_HINT}"))
 }
@@ -73,12 +85,19 @@ struct Cli {
 
 impl Cli {
     fn new(sim: &RunningSim) -> Self {
+        Self::with_path_first(sim, None)
+    }
+
+    /// Like [`Cli::new`], with `dir` (if any) first on the CLI's `PATH`: a shim `ssh` there
+    /// is what the CLI spawns on the SSH attach path.
+    fn with_path_first(sim: &RunningSim, dir: Option<&Path>) -> Self {
         let bin = find_cli();
         let home = tempfile::tempdir().unwrap();
         let h = home.path();
         let bin_dir = bin.parent().unwrap().to_path_buf();
         let path = std::env::var_os("PATH").unwrap_or_default();
-        let mut dirs = vec![bin_dir];
+        let mut dirs: Vec<PathBuf> = dir.map(Path::to_path_buf).into_iter().collect();
+        dirs.push(bin_dir);
         dirs.extend(std::env::split_paths(&path));
         let path = std::env::join_paths(dirs).unwrap().into_string().unwrap();
         let s = |p: &Path| p.display().to_string();
@@ -162,10 +181,15 @@ impl Cli {
 /// Waits (deadline 10 s) until the app's dynos are exactly `web.1` up: one-offs are removed
 /// right after their connection closes, which the CLI may not wait for.
 async fn only_web_up(sim: &RunningSim) {
+    only_up(sim, "demo", "web.1").await;
+}
+
+/// Waits (deadline 10 s) until `app`'s only dyno is `dyno`, up.
+async fn only_up(sim: &RunningSim, app: &str, dyno: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let states = sim.dyno_states("demo");
-        if states == [("web.1".to_owned(), "up".to_owned())] {
+        let states = sim.dyno_states(app);
+        if states == [(dyno.to_owned(), "up".to_owned())] {
             return;
         }
         assert!(Instant::now() < deadline, "dynos left behind: {states:?}");
@@ -324,6 +348,253 @@ async fn real_heroku_cli_conformance() {
     assert_eq!(o.code, Some(0), "{}", show(&o));
     assert!(o.stdout.contains(&uname), "{}", show(&o));
     only_web_up(&sim).await;
+
+    let groups = sim.live_process_groups();
+    sim.shutdown().await;
+    for pid in groups {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} survived shutdown"
+        );
+    }
+}
+
+const SSH: &str = "/usr/bin/ssh";
+const SSH_HINT: &str = "the OpenSSH client (/usr/bin/ssh, /usr/bin/ssh-keygen) is required for \
+this test and was not found. Install it with:\n  sudo apt-get install -y openssh-client\n\
+(scripts/test does).";
+
+/// CLI error text as one line: the CLI wraps long messages and marks their lines with `›`.
+fn flat(text: &str) -> String {
+    text.replace('›', " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A directory holding an ed25519 test key (`id_ed25519`, `id_ed25519.pub`) and an executable
+/// `ssh` shim that runs `/usr/bin/ssh` with that key and the CLI's arguments.
+fn ssh_shim_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    for tool in [SSH, "/usr/bin/ssh-keygen"] {
+        assert!(Path::new(tool).is_file(), "{tool} is missing: {SSH_HINT}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id_ed25519");
+    let out = std::process::Command::new("/usr/bin/ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "cli@test", "-f"])
+        .arg(&key)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run ssh-keygen: {e}; {SSH_HINT}"));
+    assert!(out.status.success(), "ssh-keygen: {out:?}");
+    // BatchMode: a refused key fails at once instead of prompting for a password.
+    let shim = format!(
+        "#!/bin/sh\nexec {SSH} -i '{}' -oIdentitiesOnly=yes -oBatchMode=yes \"$@\"\n",
+        key.display()
+    );
+    let path = dir.path().join("ssh");
+    std::fs::write(&path, shim).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// The command of the latest one-off create, as the CLI sent it.
+fn created_last(sim: &RunningSim) -> String {
+    sim.created_dynos()
+        .last()
+        .map(|c| c.command.clone())
+        .unwrap_or_default()
+}
+
+/// The SSH attach path with the real CLI: its advice for a key that is not on the account,
+/// `keys:add`, `heroku run -x` on a Fir app (with the CLI's `launcher ` prefix on a CNB app)
+/// and on a Shield app, `run:inside -x` on the formation dyno, its 422 for a dyno that does not
+/// exist, `ps:exec`'s own Fir refusal, and the 403 IP-restriction message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_heroku_cli_fir_attach_path() {
+    let cli_bin = find_cli();
+    let shim = ssh_shim_dir();
+    let mut config = SimConfig {
+        ssh_port: Some(0),
+        ..SimConfig::default()
+    };
+    let web = || herokusim::DynoConfig {
+        name: "web.1".to_owned(),
+        command: Some("sleep infinity".to_owned()),
+        ..herokusim::DynoConfig::default()
+    };
+    config.apps = vec![
+        herokusim::AppConfig {
+            name: "firapp".to_owned(),
+            generation: herokusim::Generation::Fir,
+            space: Some(herokusim::SpaceKind::Private),
+            formation: vec![web()],
+            ..herokusim::AppConfig::default()
+        },
+        herokusim::AppConfig {
+            name: "shieldapp".to_owned(),
+            space: Some(herokusim::SpaceKind::Shield),
+            formation: vec![web()],
+            ..herokusim::AppConfig::default()
+        },
+    ];
+    let sim = Sim::start(config).await.expect("sim starts");
+    eprintln!("using {}", cli_bin.display());
+    let cli = Cli::with_path_first(&sim, Some(shim.path()));
+    let show = |o: &Outcome| format!("{o:?}");
+    let web1 = herokusim::fir_dyno_name("firapp", "web.1");
+
+    // Before keys:add the key is refused: the CLI sees `Permission denied (publickey).` on
+    // ssh's stderr, kills ssh and prints its keys:add advice (an uncaught error, exit 1).
+    let o = cli
+        .run(&["run", "-a", "firapp", "-x", "--", "echo hi"], Input::Null)
+        .await;
+    assert_eq!(o.code, Some(1), "{}", show(&o));
+    assert!(
+        o.stderr.contains("Permission denied (publickey)."),
+        "{}",
+        show(&o)
+    );
+    assert!(
+        flat(&o.stderr).contains(
+            "There was a problem connecting to the dyno. Check that your ssh key has been \
+             uploaded to heroku with `heroku keys:add`."
+        ),
+        "{}",
+        show(&o)
+    );
+    assert!(!o.stdout.contains("hi"), "{}", show(&o));
+    only_up(&sim, "firapp", &web1).await;
+
+    // keys:add uploads the public key file as it is.
+    let pub_key = shim.path().join("id_ed25519.pub");
+    let o = cli
+        .run(&["keys:add", pub_key.to_str().unwrap()], Input::Null)
+        .await;
+    assert_eq!(o.code, Some(0), "{}", show(&o));
+    let keys = sim.account_keys();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(
+        keys[0].public_key,
+        std::fs::read_to_string(&pub_key).unwrap()
+    );
+
+    // heroku run on Fir: https attach_url, upgrade, ssh through the shim; the marker gives 3.
+    let o = cli
+        .run(
+            &["run", "-a", "firapp", "-x", "--", "echo hi; (exit 3)"],
+            Input::Null,
+        )
+        .await;
+    assert_eq!(o.code, Some(3), "{}", show(&o));
+    assert!(o.stdout.lines().any(|l| l == "hi"), "{}", show(&o));
+    assert!(
+        o.stderr.contains("Process exited with code 3"),
+        "{}",
+        show(&o)
+    );
+    assert!(
+        created_last(&sim).starts_with("launcher echo hi; (exit 3)"),
+        "the CLI prefixes launcher on a cnb app: {:?}",
+        sim.created_dynos()
+    );
+    only_up(&sim, "firapp", &web1).await;
+
+    // A Shield (Cedar) app takes the same path, without `launcher`.
+    let o = cli
+        .run(
+            &[
+                "run",
+                "-a",
+                "shieldapp",
+                "-x",
+                "--",
+                "echo shield; (exit 4)",
+            ],
+            Input::Null,
+        )
+        .await;
+    assert_eq!(o.code, Some(4), "{}", show(&o));
+    assert!(o.stdout.lines().any(|l| l == "shield"), "{}", show(&o));
+    assert!(
+        created_last(&sim).starts_with("echo shield; (exit 4)"),
+        "{:?}",
+        sim.created_dynos()
+    );
+    only_up(&sim, "shieldapp", "web.1").await;
+
+    // run:inside the formation dyno: the same kernel line as here; the dyno stays up.
+    let uname = local_uname();
+    let o = cli
+        .run(
+            &["run:inside", &web1, "-a", "firapp", "-x", "--", "uname -a"],
+            Input::Null,
+        )
+        .await;
+    assert_eq!(o.code, Some(0), "{}", show(&o));
+    assert!(
+        o.stdout.lines().any(|l| l.trim_end() == uname),
+        "expected {uname:?}: {}",
+        show(&o)
+    );
+    only_up(&sim, "firapp", &web1).await;
+
+    // run:inside a dyno that does not exist: Heroku's 422, printed by the CLI, exit 2.
+    let o = cli
+        .run(
+            &[
+                "run:inside",
+                "web-0000000000-zzzzz",
+                "-a",
+                "firapp",
+                "--",
+                "true",
+            ],
+            Input::Null,
+        )
+        .await;
+    assert_eq!(o.code, Some(2), "{}", show(&o));
+    assert!(
+        flat(&o.stderr).contains("web-0000000000-zzzzz is either not \"up\" or doesn't exist."),
+        "{}",
+        show(&o)
+    );
+
+    // ps:exec refuses a Fir app itself (lib/ps-exec/exec.js, `app.generation === 'fir'`), before
+    // any exec-manager call.
+    let o = cli.run(&["ps:exec", "-a", "firapp"], Input::Null).await;
+    assert_eq!(o.code, Some(2), "{}", show(&o));
+    assert!(
+        flat(&o.stderr).contains(
+            "Error: This command is unavailable for this app. Use $ heroku run:inside instead. \
+             See https://devcenter.heroku.com/articles/run-tasks-in-an-existing-dyno."
+        ),
+        "{}",
+        show(&o)
+    );
+
+    // A 403 on the upgrade: the CLI's IP-restriction message, exit 1, nothing run.
+    sim.set_faults(herokusim::Faults {
+        attach_refusals: 1,
+        ..herokusim::Faults::default()
+    });
+    let o = cli
+        .run(
+            &["run", "-a", "firapp", "-x", "--", "echo must-not-run"],
+            Input::Null,
+        )
+        .await;
+    assert_eq!(o.code, Some(1), "{}", show(&o));
+    assert!(
+        flat(&o.stderr).contains(
+            "Error: You can't access this space from your IP address. Contact your team admin."
+        ),
+        "{}",
+        show(&o)
+    );
+    assert!(!o.stdout.contains("must-not-run"), "{}", show(&o));
+    assert_eq!(sim.faults().attach_refusals, 0);
 
     let groups = sim.live_process_groups();
     sim.shutdown().await;
