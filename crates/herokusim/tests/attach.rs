@@ -5,8 +5,8 @@
 //! connects to with a key registered through `POST /account/keys`.
 //!
 //! Covered: Fir and Shield one-offs (stdout, stderr as extended data, exit status, the dyno gone
-//! afterwards), 1 MiB of binary stdin, a PTY with `-tt`, `run:inside` (and its 409/422 answers),
-//! and the faults (refused upgrade with the connection kept or closed, dropped upgrade,
+//! afterwards), 1 MiB of binary stdin, a PTY with `-tt`, `run:inside` (its 409/422 answers, and
+//! a restart of its dyno ending the session), and the faults (refused upgrade with the connection kept or closed, dropped upgrade,
 //! unregistered key, reused secret, omitted `exit-status`, `exec` refused or allowed).
 //! Not covered: secret expiry (60 s of wall-clock time; the sim uses `std::time::Instant`).
 //!
@@ -851,5 +851,90 @@ async fn exec_is_refused_unless_switched_on() {
     assert_eq!(run.code, Some(7), "{run:?}");
     wait_dyno_gone(&sim, "firapp", &name).await;
     assert_no_process_left(&sim).await;
+    sim.shutdown().await;
+}
+
+/// Restarting the formation dyno ends a `run:inside` session in it: the process is stopped,
+/// ssh ends (bounded) without the command's status, the dyno comes back up under a new id,
+/// nothing is left running, and a secret granted for the old boot gets 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_the_dyno_ends_its_run_inside_session() {
+    use tokio::io::AsyncBufReadExt as _;
+
+    let sim = start().await;
+    let key = registered_key(&sim).await;
+    let web1 = herokusim::fir_dyno_name("firapp", "web.1");
+    let resp = post_run_inside(&sim, "firapp", &web1, "echo ready; sleep 600; exit 9").await;
+    assert_eq!(resp.status(), 200);
+    let dyno: Value = resp.json().await.expect("json");
+    let url = dyno["attach_url"].as_str().expect("attach_url").to_owned();
+    // A second grant, left unused: the restart voids it.
+    let resp = post_run_inside(&sim, "firapp", &web1, "echo stale").await;
+    assert_eq!(resp.status(), 200);
+    let unused: Value = resp.json().await.expect("json");
+    let unused = unused["attach_url"]
+        .as_str()
+        .expect("attach_url")
+        .to_owned();
+    let (tls, head, early) = upgrade(&sim, &url).await;
+    assert_switched(&head);
+    let b = bridge(tls, early).await;
+    let mut child = tokio::process::Command::new(SSH)
+        .args(["-F", "/dev/null", "-p", &b.port.to_string(), "-i"])
+        .arg(&key.path)
+        .args([
+            "-oIdentitiesOnly=yes",
+            "-oStrictHostKeyChecking=no",
+            "-oUserKnownHostsFile=/dev/null",
+            "-oBatchMode=yes",
+            "-oLogLevel=ERROR",
+            "127.0.0.1",
+        ])
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {SSH}: {e}; {SSH_HINT}"));
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = tokio::time::timeout(SSH_TIMEOUT, lines.next_line())
+        .await
+        .expect("output in time")
+        .expect("read");
+    assert_eq!(first.as_deref(), Some("ready"));
+    assert_eq!(sim.live_process_groups().len(), 1, "the session's process");
+
+    let resp = request(
+        &sim,
+        reqwest::Method::DELETE,
+        &format!("/apps/firapp/dynos/{web1}"),
+        V3,
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), 202);
+    let status = tokio::time::timeout(SSH_TIMEOUT, child.wait())
+        .await
+        .expect("ssh ends after the restart")
+        .expect("wait");
+    assert_ne!(status.code(), Some(9), "{status:?}");
+    assert_ne!(status.code(), Some(0), "{status:?}");
+    b.finish().await;
+    assert_no_process_left(&sim).await;
+    let resp = request(
+        &sim,
+        reqwest::Method::GET,
+        &format!("/apps/firapp/dynos/{web1}"),
+        V3,
+        None,
+    )
+    .await;
+    let again: Value = resp.json().await.expect("json");
+    assert_eq!(again["state"], "up", "{again}");
+    assert_ne!(again["id"], dyno["id"], "a new boot");
+    let (mut tls, head, _) = upgrade(&sim, &unused).await;
+    assert_eq!(head.status, 404, "{}", head.text);
+    assert_closed(&mut tls).await;
     sim.shutdown().await;
 }

@@ -1,7 +1,8 @@
 //! herokusim's Fir and Shield apps, through real HTTP against an in-process [`herokusim::Sim`]
 //! on 127.0.0.1: generation and space in `GET /apps/{app}` under both Accept shapes, pod-style
 //! formation dyno names, the exec-manager refusing Fir apps, the account-keys API, and the
-//! `https://` attach_url of Fir and Shield one-offs.
+//! `https://` attach_url of Fir and Shield one-offs. What happens on that URL (the upgrade, SSH
+//! with the real OpenSSH client, `run:inside`, the attach faults) is `attach.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
