@@ -180,7 +180,8 @@ pub(crate) async fn serve_stream<S>(
                 }
                 () = shared.cancel.cancelled() => budget.drop.cancel(),
                 () = dyno_stopped.cancelled() => {
-                    // Give the channel's job its moment to send eof/close, then cut.
+                    // The SSH server runs in the dyno and stops with it: the connection is cut
+                    // at once (no exit status), and the channel's job stops the process.
                     tracing::info!(%peer, "the attached dyno stopped: closing the ssh connection");
                     budget.drop.cancel();
                 }

@@ -854,33 +854,12 @@ async fn exec_is_refused_unless_switched_on() {
     sim.shutdown().await;
 }
 
-/// Restarting the formation dyno ends a `run:inside` session in it: the process is stopped,
-/// ssh ends (bounded) without the command's status, the dyno comes back up under a new id,
-/// nothing is left running, and a secret granted for the old boot gets 404.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restarting_the_dyno_ends_its_run_inside_session() {
+/// Starts ssh (no PTY, stdin closed, stderr dropped) and waits (bounded) until the session's
+/// command printed its first line, `ready`: the process is running from then on.
+async fn spawn_ssh_until_ready(port: u16, key: &Key) -> tokio::process::Child {
     use tokio::io::AsyncBufReadExt as _;
-
-    let sim = start().await;
-    let key = registered_key(&sim).await;
-    let web1 = herokusim::fir_dyno_name("firapp", "web.1");
-    let resp = post_run_inside(&sim, "firapp", &web1, "echo ready; sleep 600; exit 9").await;
-    assert_eq!(resp.status(), 200);
-    let dyno: Value = resp.json().await.expect("json");
-    let url = dyno["attach_url"].as_str().expect("attach_url").to_owned();
-    // A second grant, left unused: the restart voids it.
-    let resp = post_run_inside(&sim, "firapp", &web1, "echo stale").await;
-    assert_eq!(resp.status(), 200);
-    let unused: Value = resp.json().await.expect("json");
-    let unused = unused["attach_url"]
-        .as_str()
-        .expect("attach_url")
-        .to_owned();
-    let (tls, head, early) = upgrade(&sim, &url).await;
-    assert_switched(&head);
-    let b = bridge(tls, early).await;
     let mut child = tokio::process::Command::new(SSH)
-        .args(["-F", "/dev/null", "-p", &b.port.to_string(), "-i"])
+        .args(["-F", "/dev/null", "-p", &port.to_string(), "-i"])
         .arg(&key.path)
         .args([
             "-oIdentitiesOnly=yes",
@@ -903,6 +882,35 @@ async fn restarting_the_dyno_ends_its_run_inside_session() {
         .expect("output in time")
         .expect("read");
     assert_eq!(first.as_deref(), Some("ready"));
+    // Keep reading (and discarding) so that the session never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+/// Restarting the formation dyno ends a `run:inside` session in it: the process is stopped,
+/// ssh ends (bounded) without the command's status, the dyno comes back up under a new id,
+/// nothing is left running, and a secret granted for the old boot gets 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_the_dyno_ends_its_run_inside_session() {
+    let sim = start().await;
+    let key = registered_key(&sim).await;
+    let web1 = herokusim::fir_dyno_name("firapp", "web.1");
+    let resp = post_run_inside(&sim, "firapp", &web1, "echo ready; sleep 600; exit 9").await;
+    assert_eq!(resp.status(), 200);
+    let dyno: Value = resp.json().await.expect("json");
+    let url = dyno["attach_url"].as_str().expect("attach_url").to_owned();
+    // A second grant, left unused: the restart voids it.
+    let resp = post_run_inside(&sim, "firapp", &web1, "echo stale").await;
+    assert_eq!(resp.status(), 200);
+    let unused: Value = resp.json().await.expect("json");
+    let unused = unused["attach_url"]
+        .as_str()
+        .expect("attach_url")
+        .to_owned();
+    let (tls, head, early) = upgrade(&sim, &url).await;
+    assert_switched(&head);
+    let b = bridge(tls, early).await;
+    let mut child = spawn_ssh_until_ready(b.port, &key).await;
     assert_eq!(sim.live_process_groups().len(), 1, "the session's process");
 
     let resp = request(
@@ -918,8 +926,8 @@ async fn restarting_the_dyno_ends_its_run_inside_session() {
         .await
         .expect("ssh ends after the restart")
         .expect("wait");
-    assert_ne!(status.code(), Some(9), "{status:?}");
-    assert_ne!(status.code(), Some(0), "{status:?}");
+    // The dyno's SSH server goes with it: a lost connection, 255 from OpenSSH, never the 9.
+    assert_eq!(status.code(), Some(255), "{status:?}");
     b.finish().await;
     assert_no_process_left(&sim).await;
     let resp = request(
@@ -936,5 +944,88 @@ async fn restarting_the_dyno_ends_its_run_inside_session() {
     let (mut tls, head, _) = upgrade(&sim, &unused).await;
     assert_eq!(head.status, 404, "{}", head.text);
     assert_closed(&mut tls).await;
+    sim.shutdown().await;
+}
+
+/// A client that pipelines: its SSH greeting goes out in the same TLS write as the upgrade
+/// request, before the `101`. The bridge here reads ssh's greeting first, then sends both at
+/// once; the session only completes if the server keeps those bytes for the SSH server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_pipelined_after_the_upgrade_request_reach_the_ssh_server() {
+    let sim = start().await;
+    let key = registered_key(&sim).await;
+    let (name, url) = create_one_off(&sim, "firapp", "echo pipelined").await;
+    let (host, path) = split_url(&url);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let mut tls = tls_connect(&sim, &host).await;
+    let task = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.expect("accept");
+        drop(listener);
+        // OpenSSH sends its greeting as soon as it connects, without waiting for the server's.
+        let mut greeting = vec![0u8; 256];
+        let n = tokio::time::timeout(T, tcp.read(&mut greeting))
+            .await
+            .expect("greeting in time")
+            .expect("read greeting");
+        greeting.truncate(n);
+        assert!(greeting.starts_with(b"SSH-2.0-"), "{greeting:?}");
+        let mut req = format!(
+            "GET {path} HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nHost: {host}\r\n\r\n"
+        )
+        .into_bytes();
+        req.extend_from_slice(&greeting);
+        tls.write_all(&req).await.expect("write");
+        tls.flush().await.expect("flush");
+        let (head, early) = read_head(&mut tls).await;
+        assert_switched(&head);
+        tcp.write_all(&early).await.expect("early bytes");
+        let _ = tokio::io::copy_bidirectional(&mut tcp, &mut tls).await;
+    });
+    let run = run_ssh(port, &key, &[], None, None).await;
+    tokio::time::timeout(SSH_TIMEOUT, task)
+        .await
+        .expect("bridge ends")
+        .expect("bridge task");
+    assert_eq!(run.stdout(), "pipelined\n", "{run:?}");
+    assert_eq!(run.code, Some(0), "{run:?}");
+    wait_dyno_gone(&sim, "firapp", &name).await;
+    assert_no_process_left(&sim).await;
+    sim.shutdown().await;
+}
+
+/// A one-off's `time_to_live` ends its attached session: the process is killed, ssh ends
+/// (bounded) without the command's status, the dyno is gone and nothing is left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_to_live_ends_an_attached_one_off() {
+    let sim = start().await;
+    let key = registered_key(&sim).await;
+    let resp = request(
+        &sim,
+        reqwest::Method::POST,
+        "/apps/firapp/dynos",
+        V3,
+        Some(
+            json!({"command": "echo ready; sleep 600; exit 9", "attach": true, "time_to_live": 1}),
+        ),
+    )
+    .await;
+    assert_eq!(resp.status(), 201);
+    let dyno: Value = resp.json().await.expect("json");
+    let name = dyno["name"].as_str().expect("name").to_owned();
+    let url = dyno["attach_url"].as_str().expect("attach_url").to_owned();
+    let (tls, head, early) = upgrade(&sim, &url).await;
+    assert_switched(&head);
+    let b = bridge(tls, early).await;
+    let mut child = spawn_ssh_until_ready(b.port, &key).await;
+    let status = tokio::time::timeout(SSH_TIMEOUT, child.wait())
+        .await
+        .expect("ssh ends when the dyno expires")
+        .expect("wait");
+    // The dyno's SSH server goes with it: a lost connection, 255 from OpenSSH, never the 9.
+    assert_eq!(status.code(), Some(255), "{status:?}");
+    b.finish().await;
+    wait_dyno_gone(&sim, "firapp", &name).await;
+    assert_no_process_left(&sim).await;
     sim.shutdown().await;
 }
