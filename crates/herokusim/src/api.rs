@@ -356,6 +356,9 @@ async fn get_dyno(
     State(shared): State<SharedRef>,
     Path((app, dyno)): Path<(String, String)>,
 ) -> ApiResult {
+    if take(&mut shared.faults().dyno_not_found_polls) {
+        return Err(ApiError::dyno_not_found());
+    }
     let st = shared.state();
     let app = st.apps.get(&app).ok_or_else(ApiError::app_not_found)?;
     let d = app

@@ -21,6 +21,10 @@ pub struct Faults {
     /// Create one-off dynos at once but answer the create this many milliseconds later (a
     /// slow API): a client that gives up meanwhile leaves a dyno it never heard of.
     pub create_response_delay_ms: u64,
+    /// Answer the next N `GET /apps/{app}/dynos/{dyno}` with 404 `not_found`, as when the
+    /// runtime does not show a new dyno yet: the CLI polls again at once, at most 20 times in a
+    /// row, before the SSH attach path (heroku-protocols.md §3.9.2).
+    pub dyno_not_found_polls: u32,
     /// Answer the next N Platform API requests with 429 `rate_limit`, `RateLimit-Remaining: 0`
     /// and `Retry-After: retry_after_secs`.
     pub rate_limited: u32,

@@ -1029,3 +1029,47 @@ async fn time_to_live_ends_an_attached_one_off() {
     assert_no_process_left(&sim).await;
     sim.shutdown().await;
 }
+
+/// A client that goes away mid-session (ssh killed): the sim sees the connection end, hangs up
+/// the process, and removes the one-off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_session_leaves_nothing_behind() {
+    let sim = start().await;
+    let key = registered_key(&sim).await;
+    let (name, url) = create_one_off(&sim, "firapp", "echo ready; sleep 600").await;
+    let (tls, head, early) = upgrade(&sim, &url).await;
+    assert_switched(&head);
+    let b = bridge(tls, early).await;
+    let mut child = spawn_ssh_until_ready(b.port, &key).await;
+    assert_eq!(sim.live_process_groups().len(), 1, "the session's process");
+    child.start_kill().expect("kill ssh");
+    let _ = tokio::time::timeout(SSH_TIMEOUT, child.wait())
+        .await
+        .expect("ssh killed");
+    b.finish().await;
+    wait_dyno_gone(&sim, "firapp", &name).await;
+    assert_no_process_left(&sim).await;
+    sim.shutdown().await;
+}
+
+/// `dyno_not_found_polls`: the next N `GET /apps/{app}/dynos/{dyno}` answer 404 `not_found`
+/// (a dyno the runtime does not show yet, which the CLI polls through), then the dyno is found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dyno_polls_can_be_answered_with_injected_404s() {
+    let sim = start().await;
+    let (name, _) = create_one_off(&sim, "firapp", "true").await;
+    sim.set_faults(Faults {
+        dyno_not_found_polls: 2,
+        ..Faults::default()
+    });
+    let path = format!("/apps/firapp/dynos/{name}");
+    for _ in 0..2 {
+        let resp = request(&sim, reqwest::Method::GET, &path, V3, None).await;
+        assert_eq!(resp.status(), 404);
+        let err: Value = resp.json().await.expect("json");
+        assert_eq!(err["id"], "not_found", "{err}");
+    }
+    assert_eq!(dyno_state(&sim, "firapp", &name).await, "starting");
+    assert_eq!(sim.faults().dyno_not_found_polls, 0);
+    sim.shutdown().await;
+}

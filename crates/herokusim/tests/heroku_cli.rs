@@ -481,6 +481,11 @@ async fn real_heroku_cli_fir_attach_path() {
     );
 
     // heroku run on Fir: https attach_url, upgrade, ssh through the shim; the marker gives 3.
+    // The first polls of the new dyno answer 404: the CLI polls again (up to 20 times).
+    sim.set_faults(herokusim::Faults {
+        dyno_not_found_polls: 5,
+        ..herokusim::Faults::default()
+    });
     let o = cli
         .run(
             &["run", "-a", "firapp", "-x", "--", "echo hi; (exit 3)"],
@@ -498,6 +503,11 @@ async fn real_heroku_cli_fir_attach_path() {
         created_last(&sim).starts_with("launcher echo hi; (exit 3)"),
         "the CLI prefixes launcher on a cnb app: {:?}",
         sim.created_dynos()
+    );
+    assert_eq!(
+        sim.faults().dyno_not_found_polls,
+        0,
+        "the CLI polled through the 404s"
     );
     only_up(&sim, "firapp", &web1).await;
 
