@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -26,8 +26,6 @@ use crate::faults::take;
 use crate::ssh::{AttachTarget, Mode, serve_stream};
 use crate::state::{DynoKind, SharedRef};
 
-/// How long an attach secret stays valid (Heroku's is [unverified]; an emulator choice).
-pub(crate) const GRANT_TTL: Duration = Duration::from_secs(60);
 /// At most this many unused grants are kept; the oldest are dropped beyond it.
 const MAX_GRANTS: usize = 1024;
 

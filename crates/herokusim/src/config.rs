@@ -49,6 +49,9 @@ pub struct SimConfig {
     /// How long output may keep flowing after a process exits before its group is killed
     /// (a background job holding the output open must not hang a session), in milliseconds.
     pub drain_ms: u64,
+    /// How long an `https://` attach secret (Fir and Shield one-offs, `run:inside`) stays
+    /// valid, in milliseconds. Heroku's lifetime is unverified; 60 s is an emulator choice.
+    pub attach_secret_ttl_ms: u64,
     /// Faults active from the start (the admin endpoint can change them later).
     pub faults: Faults,
     /// The apps and their formation.
@@ -86,6 +89,7 @@ impl Default for SimConfig {
             ack_pause_ms: 100,
             kill_grace_ms: 1000,
             drain_ms: 2000,
+            attach_secret_ttl_ms: 60_000,
             faults: Faults::default(),
             apps: Vec::new(),
         }
@@ -280,6 +284,11 @@ impl SimConfig {
         if self.api_key.is_empty() {
             return Err(SimError::Config("api_key must not be empty".to_owned()));
         }
+        if self.attach_secret_ttl_ms == 0 {
+            return Err(SimError::Config(
+                "attach_secret_ttl_ms must be at least 1".to_owned(),
+            ));
+        }
         let mut seen = std::collections::BTreeSet::new();
         for app in &self.apps {
             if app.name.is_empty()
@@ -370,6 +379,10 @@ mod tests {
                 .is_err()
         );
         assert!(SimConfig::from_toml_str("nope = 1").is_err());
+        assert!(SimConfig::from_toml_str("attach_secret_ttl_ms = 0").is_err());
+        let c = SimConfig::from_toml_str("attach_secret_ttl_ms = 500").unwrap();
+        assert_eq!(c.attach_secret_ttl_ms, 500);
+        assert_eq!(SimConfig::default().attach_secret_ttl_ms, 60_000);
     }
 
     #[test]

@@ -274,7 +274,7 @@ pub(crate) fn create_one_off(
                 command: req.command.clone(),
                 env: req.env.clone(),
                 one_off: true,
-                expires: std::time::Instant::now() + crate::attach::GRANT_TTL,
+                expires: std::time::Instant::now() + shared.attach_secret_ttl(),
             };
             Some(crate::attach::grant(&mut st, https_port, g))
         } else {
@@ -405,7 +405,7 @@ pub(crate) fn run_inside(
         command,
         env,
         one_off: false,
-        expires: std::time::Instant::now() + crate::attach::GRANT_TTL,
+        expires: std::time::Instant::now() + shared.attach_secret_ttl(),
     };
     let url = crate::attach::grant(&mut st, shared.https_port, g);
     json["attach_url"] = serde_json::Value::String(url);

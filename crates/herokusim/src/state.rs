@@ -57,6 +57,11 @@ impl Shared {
     pub fn drain(&self) -> Duration {
         Duration::from_millis(self.config.drain_ms)
     }
+
+    /// How long an attach secret stays valid.
+    pub fn attach_secret_ttl(&self) -> Duration {
+        Duration::from_millis(self.config.attach_secret_ttl_ms)
+    }
 }
 
 /// The mutable model.

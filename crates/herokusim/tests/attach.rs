@@ -8,7 +8,6 @@
 //! afterwards), 1 MiB of binary stdin, a PTY with `-tt`, `run:inside` (its 409/422 answers, and
 //! a restart of its dyno ending the session), and the faults (refused upgrade with the connection kept or closed, dropped upgrade,
 //! unregistered key, reused secret, omitted `exit-status`, `exec` refused or allowed).
-//! Not covered: secret expiry (60 s of wall-clock time; the sim uses `std::time::Instant`).
 //!
 //! Without OpenSSH the tests fail with an install hint; they never pass silently.
 
@@ -52,6 +51,11 @@ fn require_ssh() {
 /// space) and `demo` (Cedar, Common Runtime). Formation dynos have no command, so every process
 /// the sim runs belongs to an attach session: none may be left after one.
 async fn start() -> RunningSim {
+    Sim::start(config()).await.expect("sim starts")
+}
+
+/// The configuration [`start`] uses.
+fn config() -> SimConfig {
     require_ssh();
     let web = || DynoConfig {
         name: "web.1".to_owned(),
@@ -82,7 +86,7 @@ async fn start() -> RunningSim {
             ..AppConfig::default()
         },
     ];
-    Sim::start(config).await.expect("sim starts")
+    config
 }
 
 /// An ed25519 key pair made by `ssh-keygen` in its own temp dir.
@@ -1071,5 +1075,35 @@ async fn dyno_polls_can_be_answered_with_injected_404s() {
     }
     assert_eq!(dyno_state(&sim, "firapp", &name).await, "starting");
     assert_eq!(sim.faults().dyno_not_found_polls, 0);
+    sim.shutdown().await;
+}
+
+/// A secret expires after `attach_secret_ttl_ms`: used in time it upgrades, used later it gets
+/// 404 and the connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_expire() {
+    const TTL: Duration = Duration::from_millis(1500);
+    let sim = Sim::start(SimConfig {
+        attach_secret_ttl_ms: u64::try_from(TTL.as_millis()).expect("ms"),
+        ..config()
+    })
+    .await
+    .expect("sim starts");
+    let key = registered_key(&sim).await;
+    let (_, in_time) = create_one_off(&sim, "firapp", "echo in-time").await;
+    let (_, late) = create_one_off(&sim, "firapp", "echo late").await;
+    let created = Instant::now();
+    let run = attach(&sim, &in_time, &key, &[], None, None).await;
+    assert!(
+        created.elapsed() < TTL,
+        "the first session took too long for this test"
+    );
+    assert_eq!(run.stdout(), "in-time\n", "{run:?}");
+    // Let the second secret's lifetime pass: a wall-clock deadline, nothing to synchronise with.
+    tokio::time::sleep(TTL.saturating_sub(created.elapsed()) + Duration::from_millis(100)).await;
+    let (mut tls, head, _) = upgrade(&sim, &late).await;
+    assert_eq!(head.status, 404, "{}", head.text);
+    assert_closed(&mut tls).await;
+    assert_no_process_left(&sim).await;
     sim.shutdown().await;
 }
