@@ -1,9 +1,10 @@
-//! The run backend on the SSH attach path (issue 15): a Fir app and a Shield app on the Heroku
-//! emulator answer dyno creates with an `https://` attach URL; the real agent upgrades it over
-//! verified TLS (the emulator's test CA), speaks SSH with the connection's account key
-//! (`HEROKU_SSH_KEY`, registered the way `dynoagent keys register` does it), and streams both
-//! ways. A hoop gateway (in-process fake) drives the agent packet by packet. Every test ends with
-//! no one-off dyno and no emulator process left.
+//! Heroku's SSH attach path (issue 15): a Fir app and a Shield app on the Heroku emulator answer
+//! dyno creates (the run backend) and `run:inside` (psexec on Fir) with an `https://` attach URL;
+//! the real agent upgrades it over verified TLS (the emulator's test CA), speaks SSH with the
+//! connection's account key (`HEROKU_SSH_KEY`, registered the way `dynoagent keys register`
+//! does it), and streams both ways. A hoop gateway (in-process fake) drives the agent packet by
+//! packet. Every test ends with no one-off dyno and no emulator process left, and the Fir
+//! formation dynos still up.
 
 #![allow(
     clippy::unwrap_used,
@@ -32,10 +33,15 @@ struct Env {
 fn config() -> SimConfig {
     let mut config = SimConfig::demo();
     config.ssh_port = Some(0);
+    let dyno = |name: &str| herokusim::DynoConfig {
+        name: name.into(),
+        ..herokusim::DynoConfig::default()
+    };
     config.apps.push(AppConfig {
         name: "firapp".into(),
         generation: Generation::Fir,
         space: Some(SpaceKind::Private),
+        formation: vec![dyno("web.1"), dyno("web.2"), dyno("worker.1")],
         ..AppConfig::default()
     });
     config.apps.push(AppConfig {
@@ -129,13 +135,38 @@ impl Env {
         dynoagent_tests::one_off_dynos(self.sim.dyno_states(app))
     }
 
-    /// Ends the test: no session, no one-off dyno, no process left.
+    fn psexec(&self, args: &[&str], verb: &str) -> Params {
+        Params::new(&["/app/bin/ps-exec.sh"], verb, &self.tag)
+            .args(args)
+            .env("envvar:HEROKU_API_KEY", self.sim.api_key())
+            .env("envvar:HEROKU_SSH_KEY", &self.key)
+    }
+
+    /// The Fir app's formation dynos (pod-style names), sorted.
+    fn fir_formation(&self) -> Vec<(String, String)> {
+        let mut dynos: Vec<_> = self
+            .sim
+            .dyno_states("firapp")
+            .into_iter()
+            .filter(|(name, _)| !name.starts_with("run."))
+            .collect();
+        dynos.sort();
+        dynos
+    }
+
+    /// Ends the test: no session, no one-off dyno, no process left; the Fir formation is up.
     async fn finish(mut self) {
         self.agent.wait_idle().await;
         for app in APPS {
             let left = self.one_off_dynos(app);
             assert!(left.is_empty(), "one-off dynos left on {app}: {left:?}");
         }
+        let formation = self.fir_formation();
+        assert_eq!(formation.len(), 3, "{formation:?}");
+        assert!(
+            formation.iter().all(|(_, state)| state == "up"),
+            "{formation:?}"
+        );
         self.agent.shutdown().await;
         self.sim.shutdown().await;
         self.tag.assert_no_processes();
@@ -420,5 +451,181 @@ async fn a_refused_or_dropped_upgrade_ends_with_254_and_no_dyno() {
         .exec(env.params(&["--app", "firapp", "(exit 6)"], "exec"), b"")
         .await;
     assert_eq!(out.exit_code, Some(6), "{}", out.message);
+    env.finish().await;
+}
+
+fn local_uname() -> String {
+    let out = std::process::Command::new("uname")
+        .arg("-a")
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn psexec_on_fir_runs_inside_a_web_dyno_with_the_same_flags() {
+    let env = setup().await;
+    let web = env.fir_formation()[0].0.clone();
+    assert!(web.starts_with("web-"), "{web}");
+
+    // Default mode, no --dyno: the input is the command; a running web dyno is chosen.
+    let out = env
+        .exec(env.psexec(&["--app", "firapp"], "exec"), b"uname -a")
+        .await;
+    assert_eq!(out.exit_code, Some(0), "{}", out.message);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), local_uname());
+    let note = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        note.contains("is a Fir app") && note.contains("run:inside"),
+        "{note}"
+    );
+
+    // The command runs inside the named dyno (its DYNO), with its exit code.
+    let named = env
+        .exec(
+            env.psexec(&["--app", "firapp", "--dyno", &web], "exec"),
+            b"echo $DYNO; exit 3",
+        )
+        .await;
+    assert_eq!(named.exit_code, Some(3), "{}", named.message);
+    assert_eq!(String::from_utf8_lossy(&named.stdout), format!("{web}\n"));
+    let missing = env
+        .exec(
+            env.psexec(&["--app", "firapp"], "exec"),
+            b"no-such-command-7f3a",
+        )
+        .await;
+    assert_eq!(missing.exit_code, Some(127), "{}", missing.message);
+
+    // --pipe is binary-safe: 1 MiB with every byte value through cat.
+    let input: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    let piped = env
+        .exec(
+            env.psexec(&["--app", "firapp", "--pipe", "cat"], "exec"),
+            &input,
+        )
+        .await;
+    assert_eq!(piped.exit_code, Some(0), "{}", piped.message);
+    assert!(
+        piped.stdout == input,
+        "the --pipe output differs from its input"
+    );
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn psexec_on_fir_names_the_real_dynos_and_lists_them_in_status() {
+    let env = setup().await;
+    let out = env
+        .exec(
+            env.psexec(&["--app", "firapp", "--dyno", "web.1"], "exec"),
+            b"echo hi",
+        )
+        .await;
+    assert_eq!(out.exit_code, Some(1), "{}", out.message);
+    for (name, _) in env.fir_formation() {
+        assert!(out.message.contains(&name), "{name}: {}", out.message);
+    }
+    assert!(
+        out.message.contains("web.1 is not one of them"),
+        "{}",
+        out.message
+    );
+    assert!(out.stdout.is_empty());
+
+    let status = env
+        .exec(env.psexec(&["--app", "firapp", "--status"], "exec"), b"")
+        .await;
+    assert_eq!(status.exit_code, Some(0), "{}", status.message);
+    let text = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(text.contains("is a Fir app"), "{text}");
+    for (name, state) in env.fir_formation() {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(&name) && l.contains(&state)),
+            "{name} {state}: {text}"
+        );
+    }
+
+    let nokey = env
+        .exec(
+            Params::new(&["/app/bin/ps-exec.sh"], "exec", &env.tag)
+                .args(&["--app", "firapp"])
+                .env("envvar:HEROKU_API_KEY", env.sim.api_key()),
+            b"echo hi",
+        )
+        .await;
+    assert_eq!(nokey.exit_code, Some(1), "{}", nokey.message);
+    assert!(
+        nokey.message.contains("HEROKU_SSH_KEY"),
+        "{}",
+        nokey.message
+    );
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn psexec_interactive_on_fir_resizes_live() {
+    let env = setup().await;
+    let id = sid();
+    let mut replies = env.stream.watch_session(&id);
+    env.stream
+        .send(
+            env.psexec(&["--app", "firapp", "--interactive"], "connect")
+                .open(&id),
+        )
+        .await;
+    assert!(matches!(
+        replies.next().await,
+        ClientPacket::SessionOpenOk { .. }
+    ));
+    let size = |rows, cols| TermSize {
+        rows,
+        cols,
+        xpixel: 0,
+        ypixel: 0,
+    };
+    env.stream
+        .send(AgentPacket::TerminalResize {
+            session_id: id.clone(),
+            size: size(40, 120),
+        })
+        .await;
+    // hoop's CLI opens a terminal with one newline, which the agent takes as the attach.
+    env.stream
+        .send(AgentPacket::TerminalWriteStdin {
+            session_id: id.clone(),
+            data: Bytes::from_static(b"\n"),
+        })
+        .await;
+    env.stream
+        .send(AgentPacket::TerminalWriteStdin {
+            session_id: id.clone(),
+            data: Bytes::from_static(b"stty size; echo first-$DYNO\r"),
+        })
+        .await;
+    let mut seen = Vec::new();
+    read_stdout_until(&mut replies, &mut seen, "first-web-").await;
+    read_stdout_until(&mut replies, &mut seen, "40 120").await;
+    env.stream
+        .send(AgentPacket::TerminalResize {
+            session_id: id.clone(),
+            size: size(12, 34),
+        })
+        .await;
+    env.stream
+        .send(AgentPacket::TerminalWriteStdin {
+            session_id: id.clone(),
+            data: Bytes::from_static(b"stty size; exit 4\r"),
+        })
+        .await;
+    read_stdout_until(&mut replies, &mut seen, "12 34").await;
+    let out = replies.until_close().await;
+    assert_eq!(out.exit_code, Some(4), "{}", out.message);
+    env.stream
+        .send(AgentPacket::SessionClose { session_id: id })
+        .await;
     env.finish().await;
 }
