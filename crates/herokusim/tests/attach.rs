@@ -4,10 +4,13 @@
 //! exchange, and splices the upgraded stream to a one-shot 127.0.0.1 listener that `/usr/bin/ssh`
 //! connects to with a key registered through `POST /account/keys`.
 //!
-//! Covered: Fir and Shield one-offs (stdout, stderr as extended data, exit status, the dyno gone
-//! afterwards), 1 MiB of binary stdin, a PTY with `-tt`, `run:inside` (its 409/422 answers, and
-//! a restart of its dyno ending the session), and the faults (refused upgrade with the connection kept or closed, dropped upgrade,
-//! unregistered key, reused secret, omitted `exit-status`, `exec` refused or allowed).
+//! Covered: Fir and Shield one-offs (stdout, stderr as extended data, exit status, the dyno
+//! gone afterwards), 1 MiB of binary stdin, a PTY with `-tt` (its size from a local terminal,
+//! and a resize), bytes pipelined after the upgrade request, `run:inside` (its 409/422 answers,
+//! and a restart of its dyno ending the session), `time_to_live` and a client leaving mid-session,
+//! secret reuse and expiry, injected 404s on dyno polls, and the attach faults (refused upgrade
+//! with the connection kept or closed, dropped upgrade, omitted `exit-status`, `exec` refused or
+//! allowed), plus an unregistered key.
 //!
 //! Without OpenSSH the tests fail with an install hint; they never pass silently.
 
@@ -1104,6 +1107,77 @@ async fn secrets_expire() {
     let (mut tls, head, _) = upgrade(&sim, &late).await;
     assert_eq!(head.status, 404, "{}", head.text);
     assert_closed(&mut tls).await;
+    assert_no_process_left(&sim).await;
+    sim.shutdown().await;
+}
+
+/// With a terminal as stdin (a pty made here), ssh's `pty-req` carries its size and a resize
+/// becomes a `window-change`: the remote PTY is resized and its process gets SIGWINCH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pty_size_and_window_change_reach_the_remote_terminal() {
+    use std::os::fd::AsFd as _;
+    use tokio::io::AsyncBufReadExt as _;
+
+    let sim = start().await;
+    let key = registered_key(&sim).await;
+    // The trap answers the resize; `wait` returns as soon as a trapped signal arrives.
+    let (name, url) = create_one_off(
+        &sim,
+        "firapp",
+        "stty size; trap 'stty size; exit 0' WINCH; sleep 600 & wait",
+    )
+    .await;
+    let (tls, head, early) = upgrade(&sim, &url).await;
+    assert_switched(&head);
+    let b = bridge(tls, early).await;
+    let (pty, pts) = pty_process::open().expect("pty");
+    pty.resize(pty_process::Size::new(33, 101)).expect("size");
+    let tty = pts.as_fd().try_clone_to_owned().expect("pts fd");
+    let mut child = tokio::process::Command::new(SSH)
+        .args(["-F", "/dev/null", "-tt", "-p", &b.port.to_string(), "-i"])
+        .arg(&key.path)
+        .args([
+            "-oIdentitiesOnly=yes",
+            "-oStrictHostKeyChecking=no",
+            "-oUserKnownHostsFile=/dev/null",
+            "-oBatchMode=yes",
+            "-oLogLevel=ERROR",
+            "127.0.0.1",
+        ])
+        .env_remove("SSH_AUTH_SOCK")
+        .env("TERM", "vt100")
+        .stdin(Stdio::from(tty))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {SSH}: {e}; {SSH_HINT}"));
+    drop(pts);
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut next = async || {
+        tokio::time::timeout(SSH_TIMEOUT, lines.next_line())
+            .await
+            .expect("output in time")
+            .expect("read")
+            .map(|l| l.trim_end_matches('\r').to_owned())
+    };
+    assert_eq!(next().await.as_deref(), Some("33 101"), "pty-req size");
+    pty.resize(pty_process::Size::new(40, 120)).expect("resize");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().expect("pid")).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGWINCH).expect("SIGWINCH to ssh");
+    assert_eq!(
+        next().await.as_deref(),
+        Some("40 120"),
+        "window-change size"
+    );
+    let status = tokio::time::timeout(SSH_TIMEOUT, child.wait())
+        .await
+        .expect("ssh ends")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    drop(pty);
+    b.finish().await;
+    wait_dyno_gone(&sim, "firapp", &name).await;
     assert_no_process_left(&sim).await;
     sim.shutdown().await;
 }
