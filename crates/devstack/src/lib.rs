@@ -1,7 +1,8 @@
 //! `dynoagent dev`: everything needed to try dynoagent on one machine, in one process, on
 //! loopback: the development gateway (`dynogw`, with its audit store and demo connections),
-//! the Heroku emulator (`herokusim`, app `demo` with dyno `web.1`) and the agent connected to
-//! both.
+//! the Heroku emulator (`herokusim`: app `demo` with dyno `web.1`, and the Fir app `firdemo`
+//! in a Private Space, reached over the SSH attach path with an account key registered at
+//! start) and the agent connected to both.
 //!
 //! It owns the wiring (a fresh agent secret and emulator API key, the demo connections, the
 //! agent's configuration) and the orderly stop: agent first (its sessions close with 254), then
@@ -27,6 +28,9 @@ pub const DEV_AGENT: &str = "dev";
 
 /// The emulated Heroku app the demo connections reach.
 pub const DEMO_APP: &str = "demo";
+/// The emulated Fir app (Private Space, stack `cnb`, pod-style dyno names): one-off dynos and
+/// `run:inside` attach over HTTPS + SSH with the account key.
+pub const FIR_DEMO_APP: &str = "firdemo";
 
 /// Options of `dynoagent dev`.
 #[derive(Clone)]
@@ -130,12 +134,19 @@ pub struct DevStack {
 }
 
 /// The demo connections: `local` runs on the agent's machine; `heroku-run` and `psexec` reach
-/// the emulator with its API key as a connection secret, as a real deployment would hold it.
-fn connections(heroku_api_key: &str) -> Vec<ConnectionDef> {
-    let heroku_secrets: BTreeMap<String, String> = [(
-        "envvar:HEROKU_API_KEY".to_owned(),
-        heroku_api_key.to_owned(),
-    )]
+/// the emulator with its API key and the account's SSH key (for Fir) as connection secrets, as
+/// a real deployment would hold them.
+fn connections(heroku_api_key: &str, ssh_key: &str) -> Vec<ConnectionDef> {
+    let heroku_secrets: BTreeMap<String, String> = [
+        (
+            "envvar:HEROKU_API_KEY".to_owned(),
+            heroku_api_key.to_owned(),
+        ),
+        (
+            format!("envvar:{}", backend_run::HEROKU_SSH_KEY_VAR),
+            ssh_key.to_owned(),
+        ),
+    ]
     .into();
     let conn = |name: &str, command: &[&str], secrets: BTreeMap<String, String>| ConnectionDef {
         name: name.into(),
@@ -161,13 +172,25 @@ impl DevStack {
         if !options.listen.ip().is_loopback() && !options.insecure_listen {
             return Err(DevError::NonLoopback(options.listen));
         }
-        let sim = Sim::start(SimConfig {
+        let mut sim_config = SimConfig {
             api_key: dynogw::generate_secret(),
             ssh_port: Some(0),
             ..SimConfig::demo()
-        })
-        .await
-        .map_err(|e| DevError::Emulator(e.to_string()))?;
+        };
+        sim_config.apps.push(herokusim::AppConfig {
+            name: FIR_DEMO_APP.into(),
+            generation: herokusim::Generation::Fir,
+            space: Some(herokusim::SpaceKind::Private),
+            formation: vec![herokusim::DynoConfig {
+                name: "web.1".to_owned(),
+                command: Some("sleep infinity".to_owned()),
+                ..herokusim::DynoConfig::default()
+            }],
+            ..herokusim::AppConfig::default()
+        });
+        let sim = Sim::start(sim_config)
+            .await
+            .map_err(|e| DevError::Emulator(e.to_string()))?;
         match DevStack::start_with(options, sim).await {
             Ok(stack) => Ok(stack),
             Err((e, sim)) => {
@@ -182,6 +205,11 @@ impl DevStack {
         sim: RunningSim,
     ) -> Result<DevStack, (DevError, RunningSim)> {
         let secret = dynogw::generate_secret();
+        // The account key of the Fir demo, registered the way `dynoagent keys register` does.
+        let ssh_key = match register_demo_key(&sim).await {
+            Ok(key) => key,
+            Err(e) => return Err((DevError::Emulator(e), sim)),
+        };
         let mut config = GatewayConfig {
             listen: options.listen,
             client_tokens: vec![options.client_token.clone()],
@@ -191,7 +219,7 @@ impl DevStack {
                 secret: None,
                 ..Default::default()
             }],
-            connections: connections(sim.api_key()),
+            connections: connections(sim.api_key(), &ssh_key),
             ..GatewayConfig::default()
         };
         if let Some(db) = &options.audit_db {
@@ -312,6 +340,26 @@ impl std::fmt::Debug for DevStack {
     }
 }
 
+/// A fresh ed25519 key registered on the emulator's account; returns its private key text.
+async fn register_demo_key(sim: &RunningSim) -> Result<String, String> {
+    let text = backend_run::account_key::generate()?;
+    let key =
+        backend_ssh::load_key(Some(&text), "the demo account key").map_err(|e| e.to_string())?;
+    let api = heroku_api::ClientConfig {
+        api_url: sim
+            .api_url()
+            .parse()
+            .map_err(|e| format!("the emulator's API URL: {e}"))?,
+        ..heroku_api::ClientConfig::default()
+    };
+    let client = heroku_api::HerokuClient::new(api, heroku_api::ApiKey::new(sim.api_key()))
+        .map_err(|e| e.to_string())?;
+    backend_run::account_key::register(&client, &key, "dynoagent@dev")
+        .await
+        .map_err(|e| format!("registering the demo account key: {e}"))?;
+    Ok(text)
+}
+
 fn instructions(
     gateway: &dynogw::RunningGateway,
     options: &DevOptions,
@@ -328,7 +376,7 @@ fn instructions(
     let _ = writeln!(s, "  agent    {DEV_AGENT} (connected)");
     let _ = writeln!(
         s,
-        "  heroku   emulated, app {DEMO_APP} (dyno web.1); connections local, heroku-run, psexec"
+        "  heroku   emulated, apps {DEMO_APP} (dyno web.1) and {FIR_DEMO_APP} (Fir); connections local, heroku-run, psexec"
     );
     let _ = writeln!(s, "  audit    {}", gateway.audit_db().display());
     let _ = writeln!(s);
@@ -359,6 +407,18 @@ fn instructions(
     let _ = writeln!(
         s,
         "  {ctl} connect{flags} psexec -- --interactive --app {DEMO_APP}"
+    );
+    let _ = writeln!(
+        s,
+        "  {ctl} exec{flags} heroku-run -i 'echo hi; exit 3' -- --app {FIR_DEMO_APP} bash"
+    );
+    let _ = writeln!(
+        s,
+        "  {ctl} exec{flags} psexec -i 'uname -a' -- --app {FIR_DEMO_APP}"
+    );
+    let _ = writeln!(
+        s,
+        "  {ctl} connect{flags} psexec -- --interactive --app {FIR_DEMO_APP}"
     );
     let audit_flag = match &options.audit_db {
         Some(db) => format!(" --audit-db {}", db.display()),

@@ -131,6 +131,37 @@ async fn dev_stack_serves_the_heroku_demo_connections() {
     assert_eq!(code, 0, "stdout {out:?} stderr {err:?}");
     assert!(out.contains("web.1"), "stdout {out:?} stderr {err:?}");
 
+    // Issue 15's "done when", on the Fir demo app (HTTPS attach + SSH with the account key
+    // the stack registered): a one-off through heroku-run, and psexec through run:inside.
+    let (code, out, err) = exec(
+        "heroku-run",
+        b"echo hi; exit 3",
+        &["--app", "firdemo", "bash"],
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (3, "hi\n"), "stderr {err:?}");
+    let (code, out, err) = exec("psexec", b"uname -a", &["--app", "firdemo"]).await;
+    let uname = std::process::Command::new("uname")
+        .arg("-a")
+        .output()
+        .unwrap();
+    assert_eq!(code, 0, "stdout {out:?} stderr {err:?}");
+    assert_eq!(
+        out,
+        String::from_utf8_lossy(&uname.stdout),
+        "stderr {err:?}"
+    );
+    let fir: Vec<_> = stack
+        .sim()
+        .dyno_states("firdemo")
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("run."))
+        .collect();
+    assert!(
+        fir.is_empty(),
+        "a Fir one-off dyno was left behind: {fir:?}"
+    );
+
     let dynos = stack.sim().dyno_states("demo");
     assert_eq!(
         dynos,
