@@ -12,6 +12,7 @@ mod admission;
 mod budget;
 pub mod config;
 mod engine;
+pub mod keys;
 pub mod logging;
 mod router;
 mod session;

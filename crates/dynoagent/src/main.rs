@@ -34,6 +34,12 @@ enum Command {
         #[arg(long)]
         audit_db: Option<std::path::PathBuf>,
     },
+    /// The account SSH key for Heroku's SSH attach path (Fir apps, Shield spaces): `keys
+    /// generate --out FILE`, then `keys register` with HEROKU_API_KEY and HEROKU_SSH_KEY set.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// The development client (`dynoctl`), built into this binary: `dynoagent ctl exec local
     /// -i 'echo hi'`, `dynoagent ctl connect local`, `dynoagent ctl sessions`, ...
     #[command(disable_help_flag = true)]
@@ -41,6 +47,24 @@ enum Command {
         /// dynoctl's arguments (`dynoagent ctl --help` lists them).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum KeysCommand {
+    /// Write a new ed25519 private key to FILE (mode 0600, never overwritten) and print its
+    /// public key line. Store the file's content as the connection secret HEROKU_SSH_KEY.
+    Generate {
+        #[arg(long, value_name = "FILE")]
+        out: std::path::PathBuf,
+    },
+    /// Register the public half of HEROKU_SSH_KEY (env: key text, base64 or a file path) on
+    /// the Heroku account of HEROKU_API_KEY (env), unless it is already there. The key is
+    /// account-wide.
+    Register {
+        /// The key's comment on the account [default: dynoagent@$HEROKU_APP_NAME].
+        #[arg(long)]
+        comment: Option<String>,
     },
 }
 
@@ -58,6 +82,7 @@ fn main() -> ExitCode {
             audit_db,
         }) => return dev(listen, insecure_listen, audit_db),
         Some(Command::Ctl { args }) => return ctl(args),
+        Some(Command::Keys { command }) => return keys(command),
         None => {}
     }
     let config = match AgentConfig::from_process_env(VERSION) {
@@ -166,6 +191,46 @@ fn dev(
 #[cfg(not(feature = "dev"))]
 fn ctl(_args: Vec<std::ffi::OsString>) -> ExitCode {
     without_dev("dynoagent ctl")
+}
+
+/// `dynoagent keys …`: one-time setup, printing one line; secrets come from the environment.
+fn keys(command: KeysCommand) -> ExitCode {
+    let result = match command {
+        KeysCommand::Generate { out } => agent::keys::generate_to(&out).map(|public| {
+            format!(
+                "{public}\nwrote the private key to {} (mode 0600); store its content as the connection secret HEROKU_SSH_KEY, then run `dynoagent keys register`",
+                out.display()
+            )
+        }),
+        KeysCommand::Register { comment } => {
+            let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(agent::keys::register(&env, comment.as_deref())),
+                Err(e) => Err(agent::keys::KeysError::Api(format!(
+                    "cannot start the async runtime: {e}"
+                ))),
+            }
+        }
+    };
+    match result {
+        Ok(line) => {
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("dynoagent keys: {e}");
+            }
+            ExitCode::from(1)
+        }
+    }
 }
 
 #[cfg(not(feature = "dev"))]
