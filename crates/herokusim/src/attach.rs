@@ -7,7 +7,8 @@
 //! `Connection: Upgrade` and `Upgrade: tcp`; `404` for an unknown, used or expired secret; the
 //! injected `403`/other status and dropped upgrade) and the one-off's lifecycle on this path
 //! (`up` once claimed, gone when the SSH connection ends). The SSH server itself is `ssh.rs` in
-//! attach mode; hyper keeps any bytes that followed the request's header block.
+//! attach mode; hyper keeps any bytes that followed the request's header block. Each request is
+//! recorded (method, target, headers, answer) for tests: [`crate::RunningSim::attach_requests`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -28,6 +29,21 @@ use crate::state::{DynoKind, SharedRef};
 
 /// At most this many unused grants are kept; the oldest are dropped beyond it.
 const MAX_GRANTS: usize = 1024;
+/// At most this many attach requests are recorded; the oldest are dropped beyond it.
+pub(crate) const MAX_RECORDED: usize = 256;
+
+/// One request to `GET /attach/{secret}`, as received, and the status it got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachRequest {
+    /// The method (`GET`).
+    pub method: String,
+    /// The request target: path and query, as sent.
+    pub target: String,
+    /// Every header, in the order received (names lower-cased).
+    pub headers: Vec<(String, String)>,
+    /// The answer: 101, or the refusal (400, 404, an injected status).
+    pub status: u16,
+}
 
 /// What an `https://` attach secret opens: a command to run in a dyno.
 #[derive(Clone, Debug)]
@@ -125,14 +141,44 @@ fn asks_for_tcp(req: &Request) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("tcp"))
 }
 
-/// `GET /attach/{secret}` with `Upgrade: tcp`.
+/// `GET /attach/{secret}` with `Upgrade: tcp`; records the request and its answer.
 pub(crate) async fn upgrade(
     State(shared): State<SharedRef>,
     Path(secret): Path<String>,
-    mut req: Request,
+    req: Request,
 ) -> Response {
-    let names: Vec<&str> = req.headers().keys().map(|k| k.as_str()).collect();
-    tracing::info!(method = %req.method(), headers = ?names, "attach upgrade request");
+    let mut record = AttachRequest {
+        method: req.method().to_string(),
+        target: req
+            .uri()
+            .path_and_query()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        headers: req
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        status: 0,
+    };
+    let names: Vec<&str> = record.headers.iter().map(|(k, _)| k.as_str()).collect();
+    tracing::info!(method = %record.method, headers = ?names, "attach upgrade request");
+    let response = answer(&shared, &secret, req);
+    record.status = response.status().as_u16();
+    let mut st = shared.state();
+    if st.attach_requests.len() >= MAX_RECORDED {
+        st.attach_requests.pop_front();
+    }
+    st.attach_requests.push_back(record);
+    response
+}
+
+fn answer(shared: &SharedRef, secret: &str, mut req: Request) -> Response {
     if !asks_for_tcp(&req) {
         return ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -156,13 +202,13 @@ pub(crate) async fn upgrade(
         // The secret stays unused: a refused upgrade ran nothing.
         return plain(status, "Forbidden", close);
     }
-    let Some(claimed) = claim(&shared, &secret) else {
+    let Some(claimed) = claim(shared, secret) else {
         tracing::info!("attach secret unknown, used or expired: 404");
         return plain(StatusCode::NOT_FOUND, "Not Found", true);
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     if claimed.one_off {
-        set_one_off_state(&shared, &claimed.app, claimed.dyno_id, "up");
+        set_one_off_state(shared, &claimed.app, claimed.dyno_id, "up");
     }
     tracing::info!(app = %claimed.app, dyno = %claimed.dyno_name, one_off = claimed.one_off, "attach upgraded");
     let (allow_exec, omit_exit_status) = {

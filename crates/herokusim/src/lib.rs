@@ -71,6 +71,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+pub use attach::AttachRequest;
 pub use config::{
     AppConfig, DEMO_API_KEY, DynoConfig, Generation, SimConfig, SpaceKind, fir_dyno_name,
 };
@@ -263,6 +264,7 @@ impl Sim {
                 created: Vec::new(),
                 account_keys: Vec::new(),
                 attach_grants: std::collections::HashMap::new(),
+                attach_requests: VecDeque::new(),
             }),
             faults: Mutex::new(config.faults.clone()),
             procs: process::ProcessTable::default(),
@@ -414,6 +416,16 @@ impl RunningSim {
     /// The SSH keys registered on the account (`/account/keys`), oldest first.
     pub fn account_keys(&self) -> Vec<AccountKey> {
         self.shared.state().account_keys.clone()
+    }
+    /// The latest requests to the HTTPS attach endpoint (`GET /attach/{secret}`), oldest first,
+    /// with the status they got: what a client sent, header by header.
+    pub fn attach_requests(&self) -> Vec<AttachRequest> {
+        self.shared
+            .state()
+            .attach_requests
+            .iter()
+            .cloned()
+            .collect()
     }
     /// Every one-off dyno create the API accepted so far, oldest first.
     pub fn created_dynos(&self) -> Vec<CreatedDyno> {

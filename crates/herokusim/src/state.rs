@@ -80,6 +80,9 @@ pub(crate) struct State {
     pub account_keys: Vec<crate::keys::AccountKey>,
     /// Unused secrets of `https://` attach URLs (Fir and Shield one-offs, `run:inside`).
     pub attach_grants: HashMap<String, crate::attach::Grant>,
+    /// The latest attach upgrade requests (at most [`crate::attach::MAX_RECORDED`]), oldest
+    /// first (for tests: what a client sent, and the answer).
+    pub attach_requests: VecDeque<crate::AttachRequest>,
 }
 
 /// One app.

@@ -779,8 +779,8 @@ async fn unregistered_key_gets_permission_denied() {
     sim.shutdown().await;
 }
 
-/// A secret works once: a second upgrade, an unknown secret and a garbage path get `404` and
-/// the connection is closed.
+/// A secret works once: a second upgrade and an unknown secret get `404` and the connection is
+/// closed. Every request is recorded with its headers and answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_are_single_use() {
     let sim = start().await;
@@ -795,6 +795,20 @@ async fn secrets_are_single_use() {
         assert_eq!(head.status, 404, "{url}: {}", head.text);
         assert_closed(&mut tls).await;
     }
+    // The sim records each request as received, with its answer.
+    let (host, path) = split_url(&url);
+    let seen = sim.attach_requests();
+    let statuses: Vec<u16> = seen.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [101, 404, 404], "{seen:?}");
+    assert_eq!(seen[0].method, "GET");
+    assert_eq!(seen[0].target, path);
+    let headers = [
+        ("connection", "Upgrade"),
+        ("upgrade", "tcp"),
+        ("host", host.as_str()),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    assert_eq!(seen[0].headers, headers, "{seen:?}");
     assert_no_process_left(&sim).await;
     sim.shutdown().await;
 }
@@ -1178,6 +1192,33 @@ async fn pty_size_and_window_change_reach_the_remote_terminal() {
     drop(pty);
     b.finish().await;
     wait_dyno_gone(&sim, "firapp", &name).await;
+    assert_no_process_left(&sim).await;
+    sim.shutdown().await;
+}
+
+/// sftp (a subsystem) and `direct-tcpip` (`ssh -W`) are refused on the attach path: ssh fails,
+/// and the dyno's command never runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_and_tcp_forwarding_are_refused() {
+    let sim = start().await;
+    let key = registered_key(&sim).await;
+    let api_port = sim.api_url().rsplit(':').next().expect("port").to_owned();
+    let forward = format!("127.0.0.1:{api_port}");
+    for (opts, command, says) in [
+        (vec!["-s"], Some("sftp"), "subsystem request failed"),
+        (
+            vec!["-W", forward.as_str()],
+            None,
+            "stdio forwarding failed",
+        ),
+    ] {
+        let (name, url) = create_one_off(&sim, "firapp", "echo dyno-command").await;
+        let run = attach(&sim, &url, &key, &opts, command, None).await;
+        assert_eq!(run.code, Some(255), "{opts:?}: {run:?}");
+        assert!(run.stderr.contains(says), "{opts:?}: {run:?}");
+        assert!(!run.stdout().contains("dyno-command"), "{opts:?}: {run:?}");
+        wait_dyno_gone(&sim, "firapp", &name).await;
+    }
     assert_no_process_left(&sim).await;
     sim.shutdown().await;
 }

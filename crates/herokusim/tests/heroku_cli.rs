@@ -509,6 +509,12 @@ async fn real_heroku_cli_fir_attach_path() {
         0,
         "the CLI polled through the 404s"
     );
+    // The CLI's upgrade request carries exactly Connection, Upgrade and Host (spec §3.9.3).
+    let upgrade = sim.attach_requests().pop().expect("an attach request");
+    assert_eq!(upgrade.status, 101, "{upgrade:?}");
+    let names: Vec<&str> = upgrade.headers.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["connection", "upgrade", "host"], "{upgrade:?}");
+    assert!(upgrade.target.starts_with("/attach/"), "{upgrade:?}");
     only_up(&sim, "firapp", &web1).await;
 
     // A Shield (Cedar) app takes the same path, without `launcher`.
