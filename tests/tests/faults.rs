@@ -144,6 +144,11 @@ fn scenarios() -> Vec<Scenario> {
             limit: Duration::from_secs(60),
             run: |s| Box::pin(run_create_cancelled_mid_flight(s)),
         },
+        Scenario {
+            name: "fir_attach_dropped_mid_output",
+            limit: Duration::from_secs(60),
+            run: |s| Box::pin(fir_attach_dropped_mid_output(s)),
+        },
     ]
 }
 
@@ -460,13 +465,19 @@ async fn start_sim(suite: &Suite) -> RunningSim {
         "Heroku API key (Basic auth)",
         &dynoagent_tests::b64(format!("demo:{api_key}")),
     );
-    Sim::start(SimConfig {
+    let mut config = SimConfig {
         api_key,
         ssh_port: Some(0),
         ..SimConfig::demo()
-    })
-    .await
-    .expect("start the Heroku emulator")
+    };
+    // A Fir app: its one-off dynos attach over HTTPS + SSH with an account key.
+    config.apps.push(herokusim::AppConfig {
+        name: "firapp".into(),
+        generation: herokusim::Generation::Fir,
+        space: Some(herokusim::SpaceKind::Private),
+        ..herokusim::AppConfig::default()
+    });
+    Sim::start(config).await.expect("start the Heroku emulator")
 }
 
 /// The agent settings that point the Heroku backends at `sim`.
@@ -2057,6 +2068,117 @@ async fn run_create_cancelled_mid_flight(suite: Arc<Suite>) {
         "create answered {DELAY_MS} ms late: the session ended {:.2} s and the dyno was gone {:.2} s after it was created",
         ended.as_secs_f64(),
         stopped.as_secs_f64()
+    ));
+    agent.shutdown().await;
+    sim.shutdown().await;
+    tag.assert_no_processes();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 15: the SSH attach path of a Fir app
+// ---------------------------------------------------------------------------------------------
+
+/// A fresh account key (OpenSSH private key text), registered for the scan line by line.
+fn account_key(suite: &Suite) -> String {
+    let text = backend_run::account_key::generate().expect("generate an account key");
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+    {
+        suite.secret("account key (OpenSSH body line)", line);
+    }
+    text
+}
+
+/// A `heroku run` session on the Fir app `firapp` with `key` as `HEROKU_SSH_KEY`.
+fn fir_params(tag: &Tag, sim: &RunningSim, key: &str, command: &str) -> Params {
+    Params::new(&["heroku", "run", "--exit-code"], "exec", tag)
+        .args(&["--app", "firapp", command])
+        .env("envvar:HEROKU_API_KEY", sim.api_key())
+        .env("envvar:HEROKU_SSH_KEY", key)
+}
+
+/// A Fir one-off's SSH connection (over the upgraded HTTPS attach URL) is cut after 256 KiB of
+/// output while the command still writes: the session ends at once with 254 naming the dyno
+/// and the lost connection, the dyno is stopped, and a session with an unregistered key is
+/// refused with a clear error. Neither key appears in any log line (the suite's scan).
+async fn fir_attach_dropped_mid_output(suite: Arc<Suite>) {
+    let tag = suite.tag();
+    let Rig {
+        sim,
+        baseline,
+        gw: _gw,
+        mut agent,
+        stream,
+    } = Rig::start(&suite).await;
+    let key = account_key(&suite);
+    let parsed = backend_ssh::load_key(Some(&key), "test").expect("load the key");
+    let api = heroku_api::ClientConfig {
+        api_url: sim.api_url().parse().expect("api url"),
+        ..heroku_api::ClientConfig::default()
+    };
+    let client = heroku_api::HerokuClient::new(api, heroku_api::ApiKey::new(sim.api_key()))
+        .expect("api client");
+    backend_run::account_key::register(&client, &parsed, "dynoagent@faults")
+        .await
+        .expect("register the account key");
+
+    sim.set_faults(Faults {
+        drop_ssh_after: Some(256 * 1024),
+        ..Faults::default()
+    });
+    let started = Instant::now();
+    let out = tokio::time::timeout(
+        WAIT,
+        exec_once(
+            &stream,
+            fir_params(&tag, &sim, &key, "yes dynoagent-output | head -c 50000000"),
+            b"",
+        ),
+    )
+    .await
+    .expect("the session hung after its SSH attach connection dropped");
+    let took = started.elapsed();
+    assert_eq!(out.exit_code, Some(254), "{}", out.message);
+    assert!(
+        out.message.contains("over SSH") && out.message.contains("run."),
+        "the close must name the dyno and the SSH connection: {}",
+        out.message
+    );
+    assert!(
+        out.stdout.len() <= 256 * 1024,
+        "{} bytes of output after a drop at 256 KiB",
+        out.stdout.len()
+    );
+    wait_until("the Fir one-off to stop", WAIT, || {
+        dynoagent_tests::one_off_dynos(sim.dyno_states("firapp")).is_empty()
+    })
+    .await;
+
+    sim.set_faults(Faults::default());
+    let stranger = account_key(&suite);
+    let refused = exec_once(&stream, fir_params(&tag, &sim, &stranger, "echo hi"), b"").await;
+    assert_eq!(refused.exit_code, Some(254), "{}", refused.message);
+    assert!(
+        refused
+            .message
+            .contains("not registered on the Heroku account"),
+        "{}",
+        refused.message
+    );
+    agent.wait_idle().await;
+    wait_until("the one-off dynos to stop", WAIT, || {
+        dynoagent_tests::one_off_dynos(sim.dyno_states("firapp")).is_empty()
+    })
+    .await;
+    wait_until("the emulator's processes to end", WAIT, || {
+        sim.live_process_groups().len() == baseline
+    })
+    .await;
+    suite.note(format!(
+        "the dropped attach connection was reported in {:.1} s: {}",
+        took.as_secs_f64(),
+        out.message
     ));
     agent.shutdown().await;
     sim.shutdown().await;

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use backend::duplex::{self, Ending, RemoteInput, pump_input};
 use backend::{ExitStatus, Input, Mode, SessionIo, SessionRequest, TermSize};
-use backend_ssh::{
-    ChannelSpec, ClientOptions, HostKeyPolicy, SshError, Start, StdoutFilter, Target,
-};
+use backend_ssh::{ChannelSpec, ClientOptions, Start, StdoutFilter as _};
 use bytes::{Bytes, BytesMut};
 use heroku_api::{ClientConfig, CreateDyno, HerokuClient};
 use heroku_policy::session_args;
@@ -25,8 +23,6 @@ use crate::ssh_attach;
 /// the SSH attach path (Fir, Shield, `run:inside`; heroku-protocols.md §3.9.6). Key text, base64
 /// of key text, or a file path; read from the connection only, never from a client's `-e`.
 pub const HEROKU_SSH_KEY_VAR: &str = "HEROKU_SSH_KEY";
-/// The user name sent on the SSH attach path; Heroku's server ignores it (§3.9.4).
-const ATTACH_SSH_USER: &str = "dyno";
 
 /// End-of-input byte on the rendezvous protocol (no-tty mode).
 const EOT: u8 = 0x04;
@@ -470,34 +466,16 @@ async fn attach_ssh(
     let Some(key) = plan.key else {
         return Err(RunError::NoAttachKey { dyno });
     };
-    let upgrade = ssh_attach::upgrade(
+    let connect = ssh_attach::connect(
         url,
         Arc::clone(&config.rendezvous.tls),
         config.rendezvous.connect_timeout,
-    );
-    let (stream, host, port) = tokio::select! {
-        () = io.cancel.cancelled() => return Err(RunError::Closed),
-        r = upgrade => r.map_err(|error| RunError::Upgrade { dyno: dyno.clone(), error })?,
-    };
-    let target = Target {
-        host,
-        port,
-        user: ATTACH_SSH_USER.to_owned(),
-    };
-    let fingerprint = backend_ssh::fingerprint(key.public_key());
-    let connect = backend_ssh::connect_stream(
-        stream,
-        &target,
-        HostKeyPolicy::TrustTransport,
         key,
         &config.attach_ssh,
     );
     let conn = tokio::select! {
         () = io.cancel.cancelled() => return Err(RunError::Closed),
-        r = connect => r.map_err(|error| match error {
-            SshError::Auth { .. } => RunError::KeyNotRegistered { dyno: dyno.clone(), fingerprint },
-            other => RunError::AttachSsh { dyno: dyno.clone(), error: Box::new(other) },
-        })?,
+        r = connect => r.map_err(|error| RunError::SshAttach { dyno: dyno.clone(), error })?,
     };
     tracing::info!(dyno = %dyno, "attached over SSH");
     // Exec input is complete already: it goes first, then the channel's EOF (no 0x04 on this
@@ -529,23 +507,13 @@ async fn attach_ssh(
         term: "xterm-256color".to_owned(),
         stdin_closed: false,
     };
-    let mut filter = MarkerFilter(MarkerScanner::new(plan.nonce));
-    Ok(conn.run_filtered(spec, channel_io, &mut filter).await)
-}
-
-/// The exit marker as a filter of the SSH channel's stdout.
-struct MarkerFilter(MarkerScanner);
-
-impl StdoutFilter for MarkerFilter {
-    fn feed(&mut self, chunk: &[u8]) -> Bytes {
-        self.0.feed(chunk)
+    let mut filter = marker::MarkerFilter::new(plan.nonce);
+    let mut status = conn.run_filtered(spec, channel_io, &mut filter).await;
+    if filter.exit_code().is_none() && status.code == backend::INTERNAL_EXIT_CODE {
+        // The SSH layer's reason, with the dyno it concerns.
+        status.message = format!("dyno {dyno} over SSH: {}", status.message);
     }
-    fn finish(&mut self) -> Bytes {
-        self.0.finish()
-    }
-    fn exit_code(&self) -> Option<i32> {
-        self.0.status()
-    }
+    Ok(status)
 }
 
 /// The rendezvous stream's write side as the input direction. A one-off dyno's terminal size
