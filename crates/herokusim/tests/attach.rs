@@ -7,7 +7,8 @@
 //! Covered: Fir and Shield one-offs (stdout, stderr as extended data, exit status, the dyno
 //! gone afterwards), 1 MiB of binary stdin, a PTY with `-tt` (its size from a local terminal,
 //! and a resize), bytes pipelined after the upgrade request, `run:inside` (its 409/422 answers,
-//! and a restart of its dyno ending the session), `time_to_live` and a client leaving mid-session,
+//! and a restart of its dyno ending the session), `time_to_live`, a client leaving mid-session
+//! and one staying after it (disconnected by the sim), sftp and `ssh -W` refused,
 //! secret reuse and expiry, injected 404s on dyno polls, and the attach faults (refused upgrade
 //! with the connection kept or closed, dropped upgrade, omitted `exit-status`, `exec` refused or
 //! allowed), plus an unregistered key.
@@ -1218,6 +1219,50 @@ async fn sftp_and_tcp_forwarding_are_refused() {
         assert!(run.stderr.contains(says), "{opts:?}: {run:?}");
         assert!(!run.stdout().contains("dyno-command"), "{opts:?}: {run:?}");
         wait_dyno_gone(&sim, "firapp", &name).await;
+    }
+    assert_no_process_left(&sim).await;
+    sim.shutdown().await;
+}
+
+/// A client that keeps the connection after its session (an OpenSSH control master with
+/// `ControlPersist`) is disconnected by the sim a few seconds later: the connection ends, the
+/// master exits, the one-off is gone. The session's output and status arrived before that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stays_after_its_session_is_disconnected() {
+    let sim = start().await;
+    let key = registered_key(&sim).await;
+    let control = tempfile::tempdir().expect("tempdir");
+    let control_path = format!("-oControlPath={}", control.path().join("cm").display());
+    let (name, url) = create_one_off(&sim, "firapp", "echo done").await;
+    let (tls, head, early) = upgrade(&sim, &url).await;
+    assert_switched(&head);
+    let b = bridge(tls, early).await;
+    let opts = [
+        "-oControlMaster=yes",
+        "-oControlPersist=yes",
+        control_path.as_str(),
+    ];
+    let run = run_ssh(b.port, &key, &opts, None, None).await;
+    assert_eq!(run.stdout(), "done\n", "{run:?}");
+    assert_eq!(run.code, Some(0), "{run:?}");
+    // The master lingers in the background until the sim disconnects it.
+    b.finish().await;
+    wait_dyno_gone(&sim, "firapp", &name).await;
+    let check = tokio::process::Command::new(SSH)
+        .args(["-F", "/dev/null", "-O", "check", &control_path, "127.0.0.1"])
+        .stdin(Stdio::null())
+        .output();
+    let check = tokio::time::timeout(T, check)
+        .await
+        .expect("check in time")
+        .expect("ssh -O check");
+    if check.status.success() {
+        // Stop the master this test started before failing.
+        let _ = std::process::Command::new(SSH)
+            .args(["-F", "/dev/null", "-O", "exit", &control_path, "127.0.0.1"])
+            .stdin(Stdio::null())
+            .output();
+        panic!("the control master was still running: {check:?}");
     }
     assert_no_process_left(&sim).await;
     sim.shutdown().await;
