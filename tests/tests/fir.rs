@@ -368,8 +368,23 @@ async fn a_missing_or_unregistered_key_is_a_clear_error_and_leaves_no_dyno() {
             b"",
         )
         .await;
-    assert_eq!(out.exit_code, Some(254), "{}", out.message);
+    // Known from the app lookup: refused before any dyno exists.
+    assert_eq!(out.exit_code, Some(2), "{}", out.message);
     assert!(out.message.contains("HEROKU_SSH_KEY"), "{}", out.message);
+    assert!(env.sim.created_dynos().is_empty());
+    // With --no-launcher there is no app lookup: the attach URL tells, and the dyno is stopped.
+    let late = env
+        .exec(
+            env.params_with_key(
+                &["--app", "shieldapp", "--no-launcher", "echo hi"],
+                "exec",
+                None,
+            ),
+            b"",
+        )
+        .await;
+    assert_eq!(late.exit_code, Some(254), "{}", late.message);
+    assert!(late.message.contains("HEROKU_SSH_KEY"), "{}", late.message);
     assert!(out.stdout.is_empty());
 
     let stranger = backend_run::account_key::generate().unwrap();
@@ -400,8 +415,8 @@ async fn a_missing_or_unregistered_key_is_a_clear_error_and_leaves_no_dyno() {
         "{}",
         garbage.message
     );
-    // A key that does not load is refused before any dyno exists: only the first two
-    // sessions created one (and stopped it).
+    // A key that does not load is refused before any dyno exists: only the --no-launcher and
+    // the unregistered-key sessions created one (and stopped it).
     assert_eq!(env.sim.created_dynos().len(), 2);
     env.finish().await;
 }

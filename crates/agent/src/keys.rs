@@ -59,7 +59,8 @@ pub fn generate_to(path: &Path) -> Result<String, KeysError> {
 }
 
 /// Registers the key in `HEROKU_SSH_KEY` on the account of `HEROKU_API_KEY` (both from `env`),
-/// with `comment` (default `dynoagent@<HEROKU_APP_NAME, else the host name>`). The API URL and
+/// with `comment` (default `dynoagent@<HEROKU_APP_NAME, else the host name>`; give one with
+/// `--comment`: `heroku keys:remove` deletes every key with a given comment). The API URL and
 /// an extra CA come from `DYNOAGENT_HEROKU_API_URL` and `DYNOAGENT_HEROKU_CA` as for the agent.
 /// Returns the line to print.
 pub async fn register(
@@ -103,12 +104,16 @@ pub async fn register(
         .map_err(|e| KeysError::Api(e.to_string()))?;
     let comment = match comment {
         Some(c) => c.to_owned(),
-        None => format!(
-            "dynoagent@{}",
-            get("HEROKU_APP_NAME")
-                .or_else(|| get("HOSTNAME"))
-                .unwrap_or("agent")
-        ),
+        None => {
+            // HEROKU_APP_NAME exists on dynos with the runtime-dyno-metadata feature; bash does
+            // not export HOSTNAME, so the kernel's host name is read instead.
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+            let host = host.as_deref().map(str::trim).filter(|h| !h.is_empty());
+            format!(
+                "dynoagent@{}",
+                get("HEROKU_APP_NAME").or(host).unwrap_or("agent")
+            )
+        }
     };
     let done = backend_run::account_key::register(&client, &key, &comment)
         .await

@@ -54,6 +54,7 @@ impl Router {
         let psexec = PsexecBackend::new(PsexecConfig {
             api: api.clone(),
             ssh_port: config.heroku.exec_ssh_port,
+            attach_tls: Some(std::sync::Arc::clone(&rendezvous.tls)),
             ..PsexecConfig::default()
         });
         let run = RunBackend::new(RunConfig {

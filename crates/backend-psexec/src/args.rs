@@ -25,7 +25,10 @@ pub enum Action {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExecArgs {
     pub app: String,
+    /// `--dyno`, or `web.1` when not given.
     pub dyno: String,
+    /// Whether `--dyno` was given (on a Fir app the default picks a running web dyno).
+    pub dyno_given: bool,
     /// `--pipe CMD`: CMD runs in a login shell with the input streamed to it.
     pub pipe: Option<String>,
     /// Words after the options: a remote command (as `heroku ps:exec -- CMD`).
@@ -52,14 +55,9 @@ struct Cli {
     /// The app (required).
     #[arg(long = "app", short = 'a', value_name = "APP")]
     app: Option<String>,
-    /// The dyno to connect to.
-    #[arg(
-        long = "dyno",
-        short = 'd',
-        value_name = "DYNO",
-        default_value = "web.1"
-    )]
-    dyno: String,
+    /// The dyno to connect to [default: web.1; on a Fir app, a running web dyno].
+    #[arg(long = "dyno", short = 'd', value_name = "DYNO")]
+    dyno: Option<String>,
     /// Run CMD in a login shell on the dyno with the input as its stdin.
     #[arg(long = "pipe", value_name = "CMD")]
     pipe: Option<String>,
@@ -101,7 +99,9 @@ pub fn parse(args: &[String]) -> Result<Action, ArgsError> {
     if cli.status {
         return Ok(Action::Status { app });
     }
-    validate_dyno(&cli.dyno)?;
+    let dyno_given = cli.dyno.is_some();
+    let dyno = cli.dyno.unwrap_or_else(|| DEFAULT_DYNO.to_owned());
+    validate_dyno(&dyno)?;
     if cli.pipe.as_deref().is_some_and(|p| p.trim().is_empty()) {
         return Err(ArgsError("psexec: --pipe needs a command".into()));
     }
@@ -112,7 +112,8 @@ pub fn parse(args: &[String]) -> Result<Action, ArgsError> {
     }
     Ok(Action::Exec(ExecArgs {
         app,
-        dyno: cli.dyno,
+        dyno,
+        dyno_given,
         pipe: cli.pipe,
         command: (!cli.command.is_empty()).then(|| cli.command.join(" ")),
         interactive: cli.interactive,
@@ -126,22 +127,32 @@ pub fn validate_app(app: &str) -> Result<(), ArgsError> {
     heroku_policy::check_app_name(app).map_err(|e| ArgsError(format!("psexec: {e}")))
 }
 
-/// Dyno names: `type.N` (`web.1`, `worker_2.3`).
+/// The dyno when `--dyno` is not given (ps-exec.sh's default).
+pub const DEFAULT_DYNO: &str = "web.1";
+
+/// Dyno names: `type.N` (`web.1`, `worker_2.3`) on Cedar, or Fir's pod-style
+/// `type-hash-xxxxx` (`web-848cd4f64d-pvpr2`): lower-case letters, digits, `-` and `_`,
+/// starting with a letter.
 pub fn validate_dyno(dyno: &str) -> Result<(), ArgsError> {
-    let valid = dyno.len() <= 64
-        && dyno.split_once('.').is_some_and(|(kind, n)| {
-            !kind.is_empty()
-                && kind
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-                && !n.is_empty()
-                && n.chars().all(|c| c.is_ascii_digit())
-        });
-    if valid {
+    let cedar = dyno.split_once('.').is_some_and(|(kind, n)| {
+        !kind.is_empty()
+            && kind
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            && !n.is_empty()
+            && n.chars().all(|c| c.is_ascii_digit())
+    });
+    let fir = dyno.starts_with(|c: char| c.is_ascii_lowercase())
+        && dyno.contains('-')
+        && !dyno.ends_with('-')
+        && dyno
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if dyno.len() <= 64 && (cedar || fir) {
         Ok(())
     } else {
         Err(ArgsError(format!(
-            "psexec: invalid dyno name {:?}: expected TYPE.N, for example web.1",
+            "psexec: invalid dyno name {:?}: expected TYPE.N (web.1) or, on a Fir app, a dyno name such as web-848cd4f64d-pvpr2",
             dyno.chars().take(64).collect::<String>()
         )))
     }
@@ -184,6 +195,7 @@ mod tests {
             ExecArgs {
                 app: "my-app".into(),
                 dyno: "web.2".into(),
+                dyno_given: true,
                 pipe: Some("rails runner -".into()),
                 command: None,
                 interactive: false,
@@ -202,8 +214,13 @@ mod tests {
         );
         let e = exec(&["--interactive", "--app", "abc"]);
         assert_eq!(
-            (e.dyno.as_str(), e.interactive, e.pipe),
-            ("web.1", true, None)
+            (e.dyno.as_str(), e.dyno_given, e.interactive, e.pipe),
+            ("web.1", false, true, None)
+        );
+        let e = exec(&["-a", "abc", "-d", "web-848cd4f64d-pvpr2"]);
+        assert_eq!(
+            (e.dyno.as_str(), e.dyno_given),
+            ("web-848cd4f64d-pvpr2", true)
         );
         let e = exec(&["-a", "abc", "-d", "web.3", "--", "ls", "-la"]);
         assert_eq!(
@@ -240,6 +257,9 @@ mod tests {
             &["--app", "ab"],
             &["--app", "abc", "--dyno", "web"],
             &["--app", "abc", "--dyno", "web.1;rm -rf /"],
+            &["--app", "abc", "--dyno", "web-848cd4f64d-pvpr2;id"],
+            &["--app", "abc", "--dyno", "Web-848cd4f64d-pvpr2"],
+            &["--app", "abc", "--dyno", "web-"],
             &["--app", "abc", "--pipe"],
             &["--app", "abc", "--pipe", " "],
             &["--app", "abc", "--status", "--interactive"],

@@ -66,10 +66,36 @@ pub enum PsexecError {
         dyno: String,
         error: Box<HerokuError>,
     },
+    /// `HEROKU_SSH_KEY` is set but unusable.
+    #[error("{0}")]
+    AttachKey(Box<SshError>),
     #[error(
-        "app {app} runs on the Fir generation, which has no Heroku Exec; use heroku run:inside instead (https://devcenter.heroku.com/articles/run-tasks-in-an-existing-dyno)"
+        "app {app} is a Fir app, which has no Heroku Exec: psexec runs the session inside the dyno with run:inside over Heroku's SSH attach path, which needs an SSH key registered on the Heroku account; set the connection secret HEROKU_SSH_KEY to an ed25519 private key and register it once (`dynoagent keys register`, or `heroku keys:add`)"
     )]
-    Fir { app: String },
+    FirNoKey { app: String },
+    #[error(
+        "app {app} is a Fir app: its dynos have pod-style names, and {dyno} is not one of them; its dynos: {dynos}; pass one with --dyno"
+    )]
+    FirNoSuchDyno {
+        app: String,
+        dyno: String,
+        dynos: String,
+    },
+    #[error("app {app} is a Fir app with no running dyno to run inside; its dynos: {dynos}")]
+    FirNoRunningDyno { app: String, dynos: String },
+    #[error("run:inside on dyno {dyno} of {app}: {error}")]
+    FirRunInside {
+        app: String,
+        dyno: String,
+        error: Box<HerokuError>,
+    },
+    #[error("Heroku returned no attach URL for run:inside on dyno {dyno}")]
+    FirNoAttachUrl { dyno: String },
+    #[error("attaching to dyno {dyno} over SSH: {error}")]
+    FirAttach {
+        dyno: String,
+        error: backend_run::ssh_attach::AttachError,
+    },
     #[error(
         "Heroku Exec is disabled for app {app} (feature {feature} is off). Enabling it restarts the app's dynos, because a dyno starts its exec agent only at boot, so dynoagent never does it on its own. To enable it and restart only dyno {dyno}, run again with --enable-exec if this connection allows it (PSEXEC_AUTO_ENABLE=ask), or set PSEXEC_AUTO_ENABLE=true on this connection; or run `heroku features:enable {feature} -a {app}` and restart the dynos yourself.",
         feature = EXEC_FEATURE
@@ -171,6 +197,7 @@ impl From<PsexecError> for ExitStatus {
             E::Args(_)
             | E::NoCommand
             | E::InputTooLarge { .. }
+            | E::AttachKey(_)
             | E::Policy(PolicyError::InvalidAppName(_)) => USAGE_EXIT_CODE,
             E::Policy(_)
             | E::Client(_)
@@ -178,12 +205,17 @@ impl From<PsexecError> for ExitStatus {
             | E::Key(_)
             | E::EncodeKey(_)
             | E::ProxyKey(_)
-            | E::Proxy { .. } => INTERNAL_EXIT_CODE,
+            | E::Proxy { .. }
+            | E::FirNoAttachUrl { .. }
+            | E::FirAttach { .. } => INTERNAL_EXIT_CODE,
             E::EnableNotAllowed
             | E::Status(_)
             | E::OneOff { .. }
             | E::Unreachable { .. }
-            | E::Fir { .. }
+            | E::FirNoKey { .. }
+            | E::FirNoSuchDyno { .. }
+            | E::FirNoRunningDyno { .. }
+            | E::FirRunInside { .. }
             | E::ExecDisabled { .. }
             | E::Enable { .. }
             | E::NotUp { .. }

@@ -15,8 +15,12 @@
 //! (stdout and stderr stay apart); the remote exit status is the session's exit code
 //! (`exit-signal` → 128+n); every failure names the step that failed.
 //!
+//! On a Fir app (no Heroku Exec) the same flags run through `run:inside` on the named dyno (or,
+//! without `--dyno`, a running web dyno) over Heroku's SSH attach path (crate `backend-run`'s
+//! `ssh_attach`), with the account key `HEROKU_SSH_KEY`; `--status` lists the Fir dynos.
+//!
 //! Session variables read: `HEROKU_API_KEY` (required), `PSEXEC_AUTO_ENABLE` (`true`/`ask`; connection only),
-//! `TERM` (for the PTY of `hoop connect`).
+//! `HEROKU_SSH_KEY` (Fir apps; connection only), `TERM` (for the PTY of `hoop connect`).
 
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -67,6 +71,11 @@ pub struct PsexecConfig {
     /// Largest input accepted as the command in the default mode (it travels in one SSH
     /// request; bigger inputs belong in `--pipe`).
     pub max_command_bytes: usize,
+    /// TLS for Heroku's SSH attach path (Fir apps: `run:inside`); `None` builds it from the
+    /// system roots and `api.extra_roots_pem` per session.
+    pub attach_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// SSH settings on the attach path (the CLI's keepalive: 20 s × 3).
+    pub attach_ssh: ClientOptions,
 }
 
 impl Default for PsexecConfig {
@@ -79,6 +88,8 @@ impl Default for PsexecConfig {
             poll_interval: Duration::from_secs(1),
             key_pool_size: 4,
             max_command_bytes: 128 * 1024,
+            attach_tls: None,
+            attach_ssh: backend_run::RunConfig::default_attach_ssh(),
         }
     }
 }

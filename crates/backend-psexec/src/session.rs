@@ -1,16 +1,19 @@
 //! One psexec session: parse, gate (app, feature, dyno), exchange credentials with the
-//! exec-manager, connect to the exec proxy with its key pinned, and run one channel.
+//! exec-manager, connect to the exec proxy with its key pinned, and run one channel. On a Fir
+//! app: pick the dyno, `run:inside` it, and run the channel over the SSH attach path.
 //!
 //! Every refusal is a [`PsexecError`] that says which step failed and what to do; each cause of
 //! the CLI's catch-all "Could not connect to dyno!" has its own variant (heroku-protocols.md
 //! §7). The error becomes the exit status in one place, `crate::error`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use backend::{ExitStatus, Input, Mode, OutputSink, SessionIo, SessionRequest};
+use backend_run::marker::{self, MarkerFilter};
 use backend_ssh::{ChannelSpec, HostKeyPolicy, Start, Target};
 use bytes::{Bytes, BytesMut};
-use heroku_api::{ExecCredentials, HerokuClient, HerokuError};
+use heroku_api::{Dyno, ExecCredentials, HerokuClient, HerokuError, RunInside};
 use heroku_policy::session_args;
 
 use crate::args::{self, Action, EXEC_FEATURE, ExecArgs};
@@ -68,8 +71,16 @@ pub(crate) async fn run(
     match step {
         Ok(Step::Done(status)) => status,
         Ok(Step::Connected(connected)) => {
-            let (conn, spec, io) = *connected;
-            conn.run(spec, io).await
+            let Connected {
+                conn,
+                spec,
+                io,
+                filter,
+            } = *connected;
+            match filter {
+                Some(mut marker) => conn.run_filtered(spec, io, &mut marker).await,
+                None => conn.run(spec, io).await,
+            }
         }
         Err(e) => e.into(),
     }
@@ -126,9 +137,21 @@ async fn setup(
                 (EnablePolicy::Never, false) => false,
                 (EnablePolicy::Never, true) => return Err(PsexecError::EnableNotAllowed),
             };
+            let attach_key = match request
+                .env
+                .connection_text_or_file(backend_run::HEROKU_SSH_KEY_VAR)
+                .filter(|v| !v.trim().is_empty())
+            {
+                None => None,
+                Some(value) => Some(Arc::new(
+                    backend_ssh::load_key(Some(value), backend_run::HEROKU_SSH_KEY_VAR)
+                        .map_err(|e| PsexecError::AttachKey(Box::new(e)))?,
+                )),
+            };
             let plan = ExecPlan {
                 exec,
                 opt_in,
+                attach_key,
                 mode: request.mode,
                 term: request
                     .env
@@ -145,7 +168,16 @@ async fn setup(
 /// Where setup ended: a final status, or a connection ready to run the session's channel.
 enum Step {
     Done(ExitStatus),
-    Connected(Box<(backend_ssh::Connection, ChannelSpec, SessionIo)>),
+    Connected(Box<Connected>),
+}
+
+/// A connection ready to run the session's channel; on the SSH attach path (Fir) its stdout
+/// goes through the exit marker, whose code wins over the channel's.
+struct Connected {
+    conn: backend_ssh::Connection,
+    spec: ChannelSpec,
+    io: SessionIo,
+    filter: Option<MarkerFilter>,
 }
 
 async fn show_status(
@@ -153,6 +185,20 @@ async fn show_status(
     app: &str,
     stdout: &OutputSink,
 ) -> Result<(), PsexecError> {
+    let info = client
+        .app(app)
+        .await
+        .map_err(|e| PsexecError::Status(Box::new(e)))?;
+    if info.generation.as_deref() == Some("fir") {
+        let dynos = client
+            .dynos(app)
+            .await
+            .map_err(|e| PsexecError::Status(Box::new(e)))?;
+        let _ = stdout
+            .write(Bytes::from(status::render_fir(app, &dynos)))
+            .await;
+        return Ok(());
+    }
     let (reservations, dynos) = tokio::join!(client.exec_reservations(app), client.dynos(app));
     let reservations = reservations.map_err(|e| PsexecError::Status(Box::new(e)))?;
     let dynos = dynos.map_err(|e| PsexecError::Status(Box::new(e)))?;
@@ -173,6 +219,8 @@ async fn progress(stderr: &OutputSink, line: String) {
 struct ExecPlan {
     exec: ExecArgs,
     opt_in: bool,
+    /// `HEROKU_SSH_KEY`, for Fir apps.
+    attach_key: Option<Arc<backend_ssh::PrivateKey>>,
     mode: Mode,
     term: String,
 }
@@ -183,10 +231,11 @@ async fn exec_session(
     client: &HerokuClient,
     plan: ExecPlan,
     io: SessionIo,
-) -> Result<(backend_ssh::Connection, ChannelSpec, SessionIo), PsexecError> {
+) -> Result<Connected, PsexecError> {
     let ExecPlan {
         exec,
         opt_in,
+        attach_key,
         mode,
         term,
     } = plan;
@@ -239,9 +288,19 @@ async fn exec_session(
     };
     let app_info = client.app(app).await.map_err(unreachable)?;
     if app_info.generation.as_deref() == Some("fir") {
-        return Err(PsexecError::Fir {
-            app: app.to_owned(),
-        });
+        let fir = FirPlan {
+            exec: &exec,
+            cnb: app_info.stack.as_ref().is_some_and(|s| s.name == "cnb"),
+            key: attach_key,
+        };
+        let io = SessionIo {
+            input,
+            stdout,
+            stderr,
+            cancel,
+            report,
+        };
+        return fir_session(config, client, fir, spec, io).await;
     }
     let feature = client
         .feature(app, EXEC_FEATURE)
@@ -324,17 +383,171 @@ async fn exec_session(
         error: Box::new(error),
     })?;
     tracing::info!(%app, %dyno, "heroku exec session connected");
-    Ok((
+    Ok(Connected {
         conn,
         spec,
-        SessionIo {
+        io: SessionIo {
             input,
             stdout,
             stderr,
             cancel,
             report,
         },
-    ))
+        filter: None,
+    })
+}
+
+/// What a Fir session needs beyond the channel: the arguments, whether the app is built with
+/// Cloud Native Buildpacks (the command then starts with `launcher `, as the CLI sends it),
+/// and the account key.
+struct FirPlan<'a> {
+    exec: &'a ExecArgs,
+    cnb: bool,
+    key: Option<Arc<backend_ssh::PrivateKey>>,
+}
+
+/// A Fir app has no Heroku Exec (heroku-protocols.md §6.9): the session runs inside the dyno
+/// through `run:inside` (§3.10) over the SSH attach path (§3.9), transparently and with the same
+/// flags. The command is wrapped with the exit marker, since the channel's own exit status
+/// would be the marker's `echo`.
+async fn fir_session(
+    config: &PsexecConfig,
+    client: &HerokuClient,
+    fir: FirPlan<'_>,
+    spec: ChannelSpec,
+    io: SessionIo,
+) -> Result<Connected, PsexecError> {
+    let app = fir.exec.app.as_str();
+    let Some(key) = fir.key else {
+        return Err(PsexecError::FirNoKey {
+            app: app.to_owned(),
+        });
+    };
+    let dynos = client
+        .dynos(app)
+        .await
+        .map_err(|error| PsexecError::Unreachable {
+            dyno: fir.exec.dyno.clone(),
+            error: Box::new(error),
+        })?;
+    let dyno = pick_fir_dyno(app, &dynos, &fir.exec.dyno, fir.exec.dyno_given)?;
+    io.report.set_dyno(&dyno);
+    let note =
+        format!("{app} is a Fir app (no Heroku Exec): running inside dyno {dyno} with run:inside");
+    if spec.pty.is_some() {
+        // `hoop connect` drops stderr: in a terminal the note goes to stdout, with CRLF.
+        tracing::info!(progress = %note, "psexec");
+        let _ = io
+            .stdout
+            .write(Bytes::from(format!("psexec: {note}\r\n")))
+            .await;
+    } else {
+        progress(&io.stderr, note).await;
+    }
+    let nonce = marker::new_nonce();
+    let program = match &spec.start {
+        Start::Exec(command) => command.clone(),
+        Start::Shell => "bash -l".to_owned(),
+    };
+    let mut command = marker::wrap(&program, &nonce);
+    if fir.cnb {
+        command = format!("launcher {command}");
+    }
+    let mut env = BTreeMap::new();
+    if let Some(size) = spec.pty {
+        env.insert(
+            "TERM".to_owned(),
+            serde_json::Value::from(spec.term.clone()),
+        );
+        env.insert("COLUMNS".to_owned(), serde_json::Value::from(size.cols));
+        env.insert("LINES".to_owned(), serde_json::Value::from(size.rows));
+    }
+    let started = client
+        .run_inside(app, &dyno, &RunInside { command, env })
+        .await
+        .map_err(|error| PsexecError::FirRunInside {
+            app: app.to_owned(),
+            dyno: dyno.clone(),
+            error: Box::new(error),
+        })?;
+    let Some(url) = started.attach_url else {
+        return Err(PsexecError::FirNoAttachUrl { dyno });
+    };
+    let tls = match &config.attach_tls {
+        Some(tls) => Arc::clone(tls),
+        None => {
+            backend_run::rendezvous::RendezvousConfig::new(config.api.extra_roots_pem.as_deref())
+                .map_err(|e| PsexecError::Client(Box::new(HerokuError::Setup(e))))?
+                .tls
+        }
+    };
+    let conn = backend_run::ssh_attach::connect(
+        &url,
+        tls,
+        config.client.connect_timeout,
+        key,
+        &config.attach_ssh,
+    )
+    .await
+    .map_err(|error| PsexecError::FirAttach {
+        dyno: dyno.clone(),
+        error,
+    })?;
+    tracing::info!(%app, %dyno, "run:inside session connected");
+    Ok(Connected {
+        conn,
+        spec: ChannelSpec {
+            // The attach path runs the API call's command on `shell`.
+            start: Start::Shell,
+            stdin_closed: spec.stdin_closed,
+            ..spec
+        },
+        io,
+        filter: Some(MarkerFilter::new(&nonce)),
+    })
+}
+
+/// The Fir dyno a session runs inside: the one named by `--dyno` if the app has it; without
+/// `--dyno`, the first `up` web dyno, else the first `up` dyno. Fir names are pod-style, so a
+/// Cedar-style name (or any unknown one) is refused with the list of the app's real dynos.
+fn pick_fir_dyno(
+    app: &str,
+    dynos: &[Dyno],
+    wanted: &str,
+    given: bool,
+) -> Result<String, PsexecError> {
+    let listing = || {
+        if dynos.is_empty() {
+            "none".to_owned()
+        } else {
+            dynos
+                .iter()
+                .map(|d| format!("{} ({})", d.name, d.state))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    if given {
+        return match dynos.iter().find(|d| d.name == wanted) {
+            Some(d) => Ok(d.name.clone()),
+            None => Err(PsexecError::FirNoSuchDyno {
+                app: app.to_owned(),
+                dyno: wanted.to_owned(),
+                dynos: listing(),
+            }),
+        };
+    }
+    let up = |d: &&Dyno| d.state == "up" && !d.name.starts_with("run.");
+    dynos
+        .iter()
+        .filter(up)
+        .find(|d| d.name.starts_with("web-"))
+        .or_else(|| dynos.iter().find(up))
+        .map(|d| d.name.clone())
+        .ok_or_else(|| PsexecError::FirNoRunningDyno {
+            app: app.to_owned(),
+            dynos: listing(),
+        })
 }
 
 /// Restarts only `dyno` and waits (bounded) until it is `up`, reporting progress.

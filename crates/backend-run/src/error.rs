@@ -16,7 +16,7 @@ use backend_ssh::SshError;
 use crate::args::ArgsError;
 use crate::rendezvous::RendezvousError;
 use crate::session::{HEROKU_SSH_KEY_VAR, MAX_TIME_TO_LIVE_SECS};
-use crate::ssh_attach::UpgradeError;
+use crate::ssh_attach::AttachError;
 
 /// Exit code for bad arguments or settings (nothing was started).
 const USAGE_EXIT_CODE: i32 = 2;
@@ -59,14 +59,12 @@ pub enum RunError {
         "dyno {dyno} attaches over SSH (Heroku's attach path for Fir apps, Shield spaces and run:inside), which needs an SSH key registered on the Heroku account: set the connection secret {HEROKU_SSH_KEY_VAR} to an ed25519 private key and register its public key once (`dynoagent keys register`, or `heroku keys:add`)"
     )]
     NoAttachKey { dyno: String },
-    #[error("attaching to dyno {dyno}: {error}")]
-    Upgrade { dyno: String, error: UpgradeError },
     #[error(
-        "dyno {dyno}'s SSH server refused the key in {HEROKU_SSH_KEY_VAR} ({fingerprint}): it is not registered on the Heroku account of HEROKU_API_KEY; register it with `dynoagent keys register` or `heroku keys:add`"
+        "app {app} is a Fir app or in a Shield space: its one-off dynos attach over SSH, which needs an SSH key registered on the Heroku account: set the connection secret {HEROKU_SSH_KEY_VAR} to an ed25519 private key and register its public key once (`dynoagent keys register`, or `heroku keys:add`)"
     )]
-    KeyNotRegistered { dyno: String, fingerprint: String },
+    AttachKeyNeeded { app: String },
     #[error("attaching to dyno {dyno} over SSH: {error}")]
-    AttachSsh { dyno: String, error: Box<SshError> },
+    SshAttach { dyno: String, error: AttachError },
     #[error(
         "the command on dyno {dyno} ended before dynoagent's exit marker could run (the dyno's shell was killed or stopped from outside); its exit status is unknown"
     )]
@@ -79,6 +77,7 @@ impl From<RunError> for ExitStatus {
             RunError::Args(_)
             | RunError::TimeToLive
             | RunError::AttachKey(_)
+            | RunError::AttachKeyNeeded { .. }
             | RunError::Policy(PolicyError::InvalidAppName(_)) => USAGE_EXIT_CODE,
             _ => INTERNAL_EXIT_CODE,
         };

@@ -30,6 +30,30 @@ pub fn new_nonce() -> String {
     id.get(..16).unwrap_or(&id).to_owned()
 }
 
+/// The marker as a filter of an SSH channel's stdout (the SSH attach path): the marker line
+/// is removed and its code wins over the channel's `exit-status`, which is the status of the
+/// marker's own `echo`.
+#[derive(Debug)]
+pub struct MarkerFilter(MarkerScanner);
+
+impl MarkerFilter {
+    pub fn new(nonce: &str) -> MarkerFilter {
+        MarkerFilter(MarkerScanner::new(nonce))
+    }
+}
+
+impl backend_ssh::StdoutFilter for MarkerFilter {
+    fn feed(&mut self, chunk: &[u8]) -> Bytes {
+        self.0.feed(chunk)
+    }
+    fn finish(&mut self) -> Bytes {
+        self.0.finish()
+    }
+    fn exit_code(&self) -> Option<i32> {
+        self.0.status()
+    }
+}
+
 /// Streaming marker detector. Holds back at most one possible marker (under 80 bytes).
 #[derive(Debug)]
 pub struct MarkerScanner {

@@ -106,9 +106,13 @@ async fn session(
     io.report.set_app(&run_args.app);
     let key = heroku_policy::api_key(&request.env)?;
     let ttl = time_to_live(&request)?;
-    // The account key for the SSH attach path, checked before any dyno exists; whether it is
-    // needed is known only from the attach URL.
-    let attach_key = match request.env.connection_text_or_file(HEROKU_SSH_KEY_VAR) {
+    // The account key for the SSH attach path, checked before any dyno exists. Whether it is
+    // needed shows in the app lookup (Fir, Shield), and otherwise in the attach URL.
+    let attach_key = match request
+        .env
+        .connection_text_or_file(HEROKU_SSH_KEY_VAR)
+        .filter(|v| !v.trim().is_empty())
+    {
         None => None,
         Some(value) => Some(Arc::new(
             backend_ssh::load_key(Some(value), HEROKU_SSH_KEY_VAR)
@@ -126,6 +130,12 @@ async fn session(
         };
         let stack = app.stack.as_ref().map(|s| s.name.as_str());
         launcher = needs_launcher(&run_args.command, stack);
+        if app.attaches_over_ssh() && attach_key.is_none() {
+            // Known before any dyno exists: refuse now rather than create and stop one.
+            return Err(RunError::AttachKeyNeeded {
+                app: run_args.app.clone(),
+            });
+        }
     }
 
     // Exec input is complete before the dyno starts (hoop sends it in one packet), which also

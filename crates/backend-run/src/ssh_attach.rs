@@ -16,6 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use backend_ssh::{ClientOptions, Connection, HostKeyPolicy, PrivateKey, SshError, Target};
 use hyper::StatusCode;
 use hyper::header::{CONNECTION, HOST, UPGRADE};
 use hyper_util::rt::TokioIo;
@@ -58,6 +59,47 @@ pub enum UpgradeError {
     NotTcp,
     #[error("the attach request failed: {0}")]
     Http(String),
+}
+
+/// The user name sent over SSH; Heroku's server ignores it (heroku-protocols.md §3.9.4).
+const SSH_USER: &str = "dyno";
+
+/// Why attaching over SSH failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error(transparent)]
+    Upgrade(#[from] UpgradeError),
+    #[error(
+        "the dyno's SSH server refused the key in HEROKU_SSH_KEY ({fingerprint}): it is not registered on the Heroku account of HEROKU_API_KEY; register it with `dynoagent keys register` or `heroku keys:add`"
+    )]
+    KeyNotRegistered { fingerprint: String },
+    #[error(transparent)]
+    Ssh(Box<SshError>),
+}
+
+/// Upgrades `attach_url` and connects SSH over it with the account `key`. The host key is not
+/// pinnable (no source publishes it): the verified TLS and the secret URL authenticate the
+/// server, and its fingerprint is logged (heroku-protocols.md §3.9.6 rule 4).
+pub async fn connect(
+    attach_url: &str,
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+    key: Arc<PrivateKey>,
+    options: &ClientOptions,
+) -> Result<Connection, AttachError> {
+    let (stream, host, port) = upgrade(attach_url, tls, timeout).await?;
+    let target = Target {
+        host,
+        port,
+        user: SSH_USER.to_owned(),
+    };
+    let fingerprint = backend_ssh::fingerprint(key.public_key());
+    backend_ssh::connect_stream(stream, &target, HostKeyPolicy::TrustTransport, key, options)
+        .await
+        .map_err(|error| match error {
+            SshError::Auth { .. } => AttachError::KeyNotRegistered { fingerprint },
+            other => AttachError::Ssh(Box::new(other)),
+        })
 }
 
 /// An attach URL fit for messages: scheme and host:port only.

@@ -43,7 +43,7 @@ pub enum SshError {
     )]
     KeyFile { from: String, error: FileError },
     #[error(
-        "ssh: the private key in {from} is neither key text (-----BEGIN …), base64 of key text, nor a file path; store the key's text as SSH_PRIVATE_KEY"
+        "ssh: the private key in {from} is neither key text (-----BEGIN …), base64 of key text, nor a file path; store the whole private key file's text (or its base64) there"
     )]
     NotKeyText { from: String },
     /// The key text did not decode (`error` is a [`SshError::Key`]).

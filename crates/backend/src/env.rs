@@ -129,6 +129,7 @@ pub const CLIENT_REFUSED_NAMES: &[&str] = &[
     // Policy, keys and identity: only the connection sets these.
     "HEROKU_API_KEY",
     "HEROKU_APPS",
+    "HEROKU_SSH_KEY",
     "PSEXEC_AUTO_ENABLE",
     CLIENT_ENV_ALLOW_VAR,
 ];

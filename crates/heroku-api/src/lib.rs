@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 pub use model::{
-    AccountKey, App, CreateDyno, Dyno, ExecCredentials, ExecReservation, Feature, RunInside,
+    AccountKey, App, CreateDyno, Dyno, ExecCredentials, ExecReservation, Feature, RunInside, Space,
 };
 
 /// Heroku's production Platform API.
@@ -208,7 +208,6 @@ impl HerokuClient {
         .await
     }
 
-    /// `POST /apps/{app}/dynos`, retried on 409 (the release is not yet visible).
     /// `run:inside`: runs `body.command` inside the running dyno `dyno` (Fir); the answer's
     /// `attach_url` is where to attach. Never retried on 5xx (the command may have started).
     pub async fn run_inside(
@@ -276,6 +275,7 @@ impl HerokuClient {
         Ok((self.add_account_key(public_key).await?, true))
     }
 
+    /// `POST /apps/{app}/dynos`, retried on 409 (the release is not yet visible).
     pub async fn create_dyno(&self, app: &str, body: &CreateDyno) -> Result<Dyno, HerokuError> {
         let url = self.api_url(&format!("/apps/{app}/dynos"))?;
         let body = serde_json::to_value(body).map_err(|e| HerokuError::Setup(e.to_string()))?;

@@ -18,6 +18,26 @@ pub struct App {
     pub generation: Option<String>,
     #[serde(default)]
     pub stack: Option<NamedRef>,
+    /// The app's space (`null` on the Common Runtime).
+    #[serde(default)]
+    pub space: Option<Space>,
+}
+
+impl App {
+    /// Whether its one-off dynos attach over Heroku's SSH attach path (an `https://`
+    /// `attach_url`): Fir apps and apps in Shield Private Spaces (heroku-protocols.md §3.9.1).
+    pub fn attaches_over_ssh(&self) -> bool {
+        self.generation.as_deref() == Some("fir") || self.space.as_ref().is_some_and(|s| s.shield)
+    }
+}
+
+/// An app's space: `{id, name, shield}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Space {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub shield: bool,
 }
 
 fn generation_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
