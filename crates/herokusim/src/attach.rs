@@ -9,9 +9,14 @@
 //! (`up` once claimed, gone when the SSH connection ends). The SSH server itself is `ssh.rs` in
 //! attach mode; hyper keeps any bytes that followed the request's header block. Each request is
 //! recorded (method, target, headers, answer) for tests: [`crate::RunningSim::attach_requests`].
+//! With the `attach_coalesce_greeting` fault, [`Coalesce`] sends the `101` together with the SSH
+//! greeting in one TLS record.
 
 use std::collections::BTreeMap;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::Body;
@@ -19,6 +24,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use uuid::Uuid;
 
 use crate::api::ApiError;
@@ -247,4 +253,132 @@ fn answer(shared: &SharedRef, secret: &str, mut req: Request) -> Response {
     r.headers_mut()
         .insert(header::UPGRADE, HeaderValue::from_static("tcp"));
     r
+}
+
+/// The exec-manager's listener as the attach path needs it: each accepted TLS stream is
+/// wrapped in [`Coalesce`], armed when `attach_coalesce_greeting` is on at accept time.
+pub(crate) struct Listener {
+    inner: crate::tls::TlsListener,
+    shared: SharedRef,
+}
+
+impl Listener {
+    pub fn new(inner: crate::tls::TlsListener, shared: SharedRef) -> Self {
+        Self { inner, shared }
+    }
+}
+
+impl axum::serve::Listener for Listener {
+    type Io = Coalesce<<crate::tls::TlsListener as axum::serve::Listener>::Io>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (io, addr) = self.inner.accept().await;
+        let armed = self.shared.faults().attach_coalesce_greeting;
+        (Coalesce::new(io, armed), addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A stream that, when armed, holds back a write that starts a `101` response (hyper writes the
+/// head in one buffer and flushes it) and sends it in one write with the next bytes, which on
+/// the attach path are the SSH server's greeting. Everything else passes through.
+pub(crate) struct Coalesce<S> {
+    inner: S,
+    armed: bool,
+    held: Vec<u8>,
+}
+
+impl<S> Coalesce<S> {
+    fn new(inner: S, armed: bool) -> Self {
+        Self {
+            inner,
+            armed,
+            held: Vec::new(),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Coalesce<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.armed && this.held.is_empty() && buf.starts_with(b"HTTP/1.1 101 ") {
+            this.armed = false;
+            this.held = buf.to_vec();
+            return Poll::Ready(Ok(buf.len()));
+        }
+        if this.held.is_empty() {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
+        // The held head and these bytes in one write; `buf` counts as written only once all
+        // of the head is out.
+        let held = this.held.len();
+        let mut both = std::mem::take(&mut this.held);
+        both.extend_from_slice(buf);
+        match Pin::new(&mut this.inner).poll_write(cx, &both) {
+            Poll::Ready(Ok(0)) => {
+                both.truncate(held);
+                this.held = both;
+                Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
+            }
+            Poll::Ready(Ok(n)) if n > held || buf.is_empty() => {
+                Poll::Ready(Ok(n.saturating_sub(held)))
+            }
+            Poll::Ready(Ok(n)) => {
+                // Only (part of) the head went out: keep the rest, and have `buf` written
+                // again (never report 0 bytes written for a non-empty buffer).
+                both.truncate(held);
+                this.held = both.split_off(n);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            other => {
+                both.truncate(held);
+                this.held = both;
+                other.map_ok(|_| 0)
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.held.is_empty() {
+            Pin::new(&mut this.inner).poll_flush(cx)
+        } else {
+            // The held head waits for the bytes it is to go out with.
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        while !this.held.is_empty() {
+            match Pin::new(&mut this.inner).poll_write(cx, &this.held) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    this.held.drain(..n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
 }

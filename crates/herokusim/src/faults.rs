@@ -63,6 +63,11 @@ pub struct Faults {
     pub attach_allow_exec: bool,
     /// On the attach path, send no `exit-status`/`exit-signal` (clients must use the marker).
     pub attach_omit_exit_status: bool,
+    /// On the attach path, hold the `101` back and send it in one write (one TLS record) with
+    /// the SSH server's first bytes, so that a client reads the greeting together with the
+    /// response head (CLI 11.10.0 drops such bytes and hangs). Applies to connections accepted
+    /// while it is on. With `drop_attach_upgrades` the `101` is then never sent.
+    pub attach_coalesce_greeting: bool,
 }
 
 /// Takes one shot from a countdown: true if the fault fires now.

@@ -301,7 +301,10 @@ impl Sim {
         let exec_tls = ca.server_config(&[b"http/1.1"])?;
         let exec = exec_manager::router(shared.clone());
         let c = cancel.clone();
-        let exec_listener = tls::TlsListener::new(exec_listener, exec_tls, cancel.clone());
+        let exec_listener = attach::Listener::new(
+            tls::TlsListener::new(exec_listener, exec_tls, cancel.clone()),
+            shared.clone(),
+        );
         servers.push(tokio::spawn(async move {
             let r = axum::serve(exec_listener, exec)
                 .with_graceful_shutdown(c.cancelled_owned())

@@ -1267,3 +1267,56 @@ async fn a_client_that_stays_after_its_session_is_disconnected() {
     assert_no_process_left(&sim).await;
     sim.shutdown().await;
 }
+
+/// `attach_coalesce_greeting`: the `101` and the SSH server's first bytes go out in one write
+/// (one TLS record), as a server may send them. A client must keep the bytes after the head
+/// (CLI 11.10.0 drops them and hangs); this bridge does, so the session works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_greeting_arrives_with_the_101() {
+    let sim = start().await;
+    let key = registered_key(&sim).await;
+    sim.set_faults(Faults {
+        attach_coalesce_greeting: true,
+        ..Faults::default()
+    });
+    let (name, url) = create_one_off(&sim, "firapp", "echo coalesced").await;
+    let (tls, head, early) = upgrade(&sim, &url).await;
+    assert_switched(&head);
+    assert!(
+        early.starts_with(b"SSH-2.0-"),
+        "the greeting came with the 101: {:?}",
+        String::from_utf8_lossy(&early)
+    );
+    let b = bridge(tls, early).await;
+    let run = run_ssh(b.port, &key, &[], None, None).await;
+    b.finish().await;
+    assert_eq!(run.stdout(), "coalesced\n", "{run:?}");
+    assert_eq!(run.code, Some(0), "{run:?}");
+    wait_dyno_gone(&sim, "firapp", &name).await;
+
+    // A refusal on the same connection first: the 403 goes out on its own, the 101 after it
+    // still carries the greeting.
+    let (name, url) = create_one_off(&sim, "firapp", "echo again").await;
+    sim.set_faults(Faults {
+        attach_coalesce_greeting: true,
+        attach_refusals: 1,
+        ..Faults::default()
+    });
+    let (host, path) = split_url(&url);
+    let mut tls = tls_connect(&sim, &host).await;
+    send_upgrade(&mut tls, &host, &path).await;
+    let (head, rest) = read_head(&mut tls).await;
+    assert_eq!(head.status, 403, "{}", head.text);
+    let _body = read_body(&mut tls, &head, rest).await;
+    send_upgrade(&mut tls, &host, &path).await;
+    let (head, early) = read_head(&mut tls).await;
+    assert_switched(&head);
+    assert!(early.starts_with(b"SSH-2.0-"), "{early:?}");
+    let b = bridge(tls, early).await;
+    let run = run_ssh(b.port, &key, &[], None, None).await;
+    b.finish().await;
+    assert_eq!(run.stdout(), "again\n", "{run:?}");
+    wait_dyno_gone(&sim, "firapp", &name).await;
+    assert_no_process_left(&sim).await;
+    sim.shutdown().await;
+}
