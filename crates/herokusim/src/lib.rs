@@ -12,11 +12,13 @@
 //!   then the one-off's `bash -c` process spliced raw (PTY sized from `COLUMNS`/`LINES`, or
 //!   merged pipes with `force_no_tty`);
 //! - the **exec-manager** (HTTPS): `PUT /api/v2/{dyno}` and `GET /api/v2`, Basic `app:apikey`;
-//! - the **SSH proxy** (russh): host key = `proxy_public_key`, only registered client keys.
+//! - the **SSH proxy** (russh): host key = `proxy_public_key`, only registered client keys;
+//! - the **HTTPS attach path** of Fir and Shield apps and `run:inside` (on the exec-manager's
+//!   listener): `GET /attach/{secret}` + `Upgrade: tcp`, then SSH with the account's keys.
 //!
 //! Dynos are real local processes: formation dynos run their configured command for as long as
-//! they are up; one-off dynos run when their rendezvous client attaches and are gone when the
-//! process ends. `GET /apps/{app}/dynos` shows exactly the live ones (a formation dyno whose
+//! they are up; one-off dynos run when their client attaches (rendezvous, or the HTTPS upgrade)
+//! and are gone when the process ends (rendezvous) or the SSH connection ends (HTTPS). `GET /apps/{app}/dynos` shows exactly the live ones (a formation dyno whose
 //! process exited shows `crashed`). Every process runs in its own process group; none outlives
 //! the emulator ([`RunningSim::shutdown`], and `Drop` as a backstop, kill them all).
 //!
