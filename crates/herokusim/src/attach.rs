@@ -357,6 +357,28 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
         }
     }
 
+    // Unarmed, it is the inner stream, vectored writes included; armed, hyper must write the
+    // head as one buffer for `poll_write` to recognise it.
+    fn is_write_vectored(&self) -> bool {
+        !self.armed && self.held.is_empty() && self.inner.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if !this.armed && this.held.is_empty() {
+            return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        }
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &**b);
+        Pin::new(this).poll_write(cx, first)
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.held.is_empty() {
