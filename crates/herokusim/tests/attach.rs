@@ -238,7 +238,7 @@ async fn tls_connect(sim: &RunningSim, host: &str) -> TlsStream<TcpStream> {
         .expect("tls handshake")
 }
 
-/// A response head: status and the head's text (lower-cased header names kept as sent).
+/// A response head: its status and its text as received.
 #[derive(Debug)]
 struct Head {
     status: u16,
