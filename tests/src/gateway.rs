@@ -423,7 +423,10 @@ impl SessionReplies {
                     out.closes += 1;
                     return out;
                 }
-                ClientPacket::KeepAlive | ClientPacket::SysResponse { .. } => {}
+                ClientPacket::KeepAlive
+                | ClientPacket::SysResponse { .. }
+                | ClientPacket::TcpWrite { .. }
+                | ClientPacket::TcpClose { .. } => {}
             }
         }
     }

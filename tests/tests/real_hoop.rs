@@ -177,7 +177,7 @@ async fn connection_types_the_agent_does_not_serve_are_refused_at_open_with_one_
         assert_eq!(
             outcome.message,
             format!(
-                "connection type \"{kind}\" is not supported by this agent (command-line connections only)"
+                "connection type \"{kind}\" is not supported by this agent (command-line and tcp connections only)"
             )
         );
         assert!(out.is_empty() && err.is_empty());
@@ -266,7 +266,7 @@ async fn every_system_request_is_answered_at_once_with_its_failure_reply() {
             "{kind:?}: {text}"
         );
         assert!(
-            text.contains("not supported by this agent (command-line connections only)"),
+            text.contains("not supported by this agent (command-line and tcp connections only)"),
             "{kind:?}: {text}"
         );
         assert!(

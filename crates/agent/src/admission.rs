@@ -7,13 +7,13 @@
 
 use hoop_gob::AgentConnectionParams;
 use hoop_wire::SessionOpen;
-use hoop_wire::spec::CONNECTION_TYPE_COMMAND_LINE;
+use hoop_wire::spec::{CONNECTION_TYPE_COMMAND_LINE, CONNECTION_TYPE_TCP};
 
 /// Why a session is refused at open. Each message names what was refused and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum Refusal {
     #[error(
-        "connection type \"{0}\" is not supported by this agent (command-line connections only)"
+        "connection type \"{0}\" is not supported by this agent (command-line and tcp connections only)"
     )]
     ConnectionType(String),
     #[error(
@@ -49,11 +49,12 @@ pub(crate) fn admit(
     } else {
         spec_type
     };
-    let served = |t: &str| t == CONNECTION_TYPE_COMMAND_LINE;
+    let served = |t: &str| t == CONNECTION_TYPE_COMMAND_LINE || t == CONNECTION_TYPE_TCP;
     if !served(effective) {
         return Err(Refusal::ConnectionType(printable(effective)));
     }
-    if !gob_type.is_empty() && !served(gob_type) {
+    // Both copies name the same type: a tcp open cannot run a command, nor the reverse.
+    if !gob_type.is_empty() && gob_type != effective {
         return Err(Refusal::ConnectionType(printable(gob_type)));
     }
     let unenforced = unenforced(&open.params);
@@ -126,13 +127,16 @@ mod tests {
     }
 
     #[test]
-    fn only_command_line_is_served() {
+    fn only_command_line_and_tcp_are_served() {
         let cl = CONNECTION_TYPE_COMMAND_LINE;
         assert_eq!(admit(&open(cl, cl), false), Ok(vec![]));
         assert_eq!(admit(&open(cl, ""), false), Ok(vec![]));
         assert_eq!(admit(&open("", cl), false), Ok(vec![]));
+        assert_eq!(admit(&open("tcp", "tcp"), false), Ok(vec![]));
+        assert_eq!(admit(&open("tcp", ""), false), Ok(vec![]));
         for (spec, gob, named) in [
-            ("tcp", "tcp", "tcp"),
+            ("tcp", cl, cl),
+            (cl, "tcp", "tcp"),
             ("postgres", cl, "postgres"),
             (cl, "httpproxy", "httpproxy"),
             ("", "", ""),

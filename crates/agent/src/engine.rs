@@ -72,7 +72,7 @@ impl Shared {
 }
 
 /// The reason given in every answer to a system request (`Sys*`).
-const SYS_UNSUPPORTED: &str = "not supported by this agent (command-line connections only)";
+const SYS_UNSUPPORTED: &str = "not supported by this agent (command-line and tcp connections only)";
 
 struct Registry {
     sessions: HashMap<SessionId, (u64, SessionHandle)>,
@@ -284,6 +284,26 @@ async fn dispatch(shared: &Arc<Shared>, reg: &mut Registry, out: &Outbound, pack
             )
             .await;
         }
+        AgentPacket::TcpWrite {
+            session_id,
+            connection_id,
+            server_connect,
+            data,
+        } => {
+            let tcp = Routed::Tcp {
+                connection_id,
+                server_connect,
+                data,
+            };
+            route(shared, reg, session_id, tcp).await;
+        }
+        AgentPacket::TcpClose {
+            session_id,
+            connection_id,
+        } => {
+            let close = Routed::Event(SessionEvent::TcpClose { connection_id });
+            route(shared, reg, session_id, close).await;
+        }
         AgentPacket::SessionClose { session_id } => match reg.sessions.get(&session_id) {
             Some((_, handle)) => {
                 tracing::debug!(session_id = %session_id, "the gateway closed the session");
@@ -320,6 +340,11 @@ async fn dispatch(shared: &Arc<Shared>, reg: &mut Registry, out: &Outbound, pack
 enum Routed {
     Exec(Bytes),
     Terminal(Bytes),
+    Tcp {
+        connection_id: String,
+        server_connect: bool,
+        data: Bytes,
+    },
     Event(SessionEvent),
 }
 
@@ -333,12 +358,24 @@ async fn route(shared: &Shared, reg: &Registry, sid: SessionId, routed: Routed) 
     let event = match routed {
         Routed::Event(event) => event,
         // An ending session never reads its input: drop it rather than wait for budget.
-        Routed::Exec(data) | Routed::Terminal(data)
+        Routed::Exec(data) | Routed::Terminal(data) | Routed::Tcp { data, .. }
             if handle.events.is_closed() || handle.is_ending() =>
         {
             drop(data);
             return;
         }
+        Routed::Tcp {
+            connection_id,
+            server_connect,
+            data,
+        } => match budget::charge(&handle.budget, &shared.input_budget, data, until).await {
+            Ok(data) => SessionEvent::TcpWrite {
+                connection_id,
+                server_connect,
+                data,
+            },
+            Err(e) => return over_budget(shared, handle, &sid, e),
+        },
         Routed::Exec(data) => {
             match budget::charge(&handle.budget, &shared.input_budget, data, until).await {
                 Ok(data) => SessionEvent::ExecStdin(data),

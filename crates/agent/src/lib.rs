@@ -16,6 +16,7 @@ pub mod keys;
 pub mod logging;
 mod router;
 mod session;
+mod tcp;
 
 use std::sync::Arc;
 

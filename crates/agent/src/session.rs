@@ -35,6 +35,16 @@ pub(crate) enum SessionEvent {
     ExecStdin(Bytes),
     TerminalStdin(Bytes),
     Resize(TermSize),
+    /// `AgentTCPConnectionWrite` of a `tcp` session (data charged to the budgets).
+    TcpWrite {
+        connection_id: String,
+        server_connect: bool,
+        data: Bytes,
+    },
+    /// `AgentCloseTCPConnection` of a `tcp` session.
+    TcpClose {
+        connection_id: String,
+    },
 }
 
 /// Why a session is being ended from outside its task.
@@ -109,7 +119,7 @@ impl SessionOutput {
         self.closed.store(true, Ordering::SeqCst);
     }
 
-    async fn send(&self, packet: ClientPacket) -> Result<(), SinkClosed> {
+    pub(crate) async fn send(&self, packet: ClientPacket) -> Result<(), SinkClosed> {
         let _guard = self.lock.lock().await;
         if self.closed.load(Ordering::SeqCst) {
             return Err(SinkClosed);
@@ -342,6 +352,17 @@ async fn drive(
     if let Err(status) = backend::check_pinned_command(&env, &open.params.client_args) {
         return Some(status);
     }
+    if open.connection_type == hoop_wire::spec::CONNECTION_TYPE_TCP {
+        let tcp = crate::tcp::TcpSession {
+            open: &open,
+            env: &env,
+            output: &output,
+            cancel: &control.cancel,
+            bytes_in: &tally.bytes_in,
+            bytes_out: &tally.bytes_out,
+        };
+        return Some(tcp.run(events).await);
+    }
     let mut command_line = open.params.cmd_list.clone();
     command_line.extend(open.params.client_args.iter().cloned());
     output
@@ -387,6 +408,9 @@ async fn drive(
                     },
                     None,
                 );
+            }
+            Some(other @ (SessionEvent::TcpWrite { .. } | SessionEvent::TcpClose { .. })) => {
+                tracing::debug!(session_id = %sid, event = ?kind(&other), "ignoring tcp packets in a command-line session");
             }
             None => return None,
         }
@@ -465,7 +489,9 @@ async fn drive(
                 backlog.push_back(Input::Data(data));
             }
             SessionEvent::Resize(size) => backlog.push_back(Input::Resize(size)),
-            SessionEvent::ExecStdin(_) => {}
+            SessionEvent::ExecStdin(_)
+            | SessionEvent::TcpWrite { .. }
+            | SessionEvent::TcpClose { .. } => {}
         }
     }
     let run = backend.run(request, io);
@@ -519,6 +545,8 @@ fn kind(event: &SessionEvent) -> &'static str {
         SessionEvent::ExecStdin(_) => "exec-stdin",
         SessionEvent::TerminalStdin(_) => "terminal-stdin",
         SessionEvent::Resize(_) => "resize",
+        SessionEvent::TcpWrite { .. } => "tcp-write",
+        SessionEvent::TcpClose { .. } => "tcp-close",
     }
 }
 

@@ -64,7 +64,8 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Open an interactive terminal on a connection (needs a TTY).
+    /// Open an interactive terminal on a connection (needs a TTY); on a tcp connection,
+    /// listen on 127.0.0.1:PORT and relay every local connection until Ctrl-C.
     Connect {
         /// The connection name.
         connection: String,
@@ -75,6 +76,9 @@ enum Command {
         /// concurrently, so agents see either order; random by default, like hoop's.
         #[arg(long = "first", value_enum, default_value_t = crate::terminal::FirstPacket::Random)]
         first: crate::terminal::FirstPacket,
+        /// On a tcp connection: the local port to listen on (0: any free port).
+        #[arg(long = "port", default_value_t = crate::tcp::DEFAULT_PORT)]
+        port: u16,
         #[command(flatten)]
         gateway: GatewayArgs,
         /// Arguments appended to the connection's command (after --).
@@ -159,10 +163,17 @@ where
             connection,
             env,
             first,
+            port,
             gateway,
             args,
         } => match env_map(&env) {
-            Ok(env) => with_runtime(run_connect(config(gateway), connection, args, env, first)),
+            Ok(env) => with_runtime(run_connect(
+                config(gateway),
+                connection,
+                args,
+                env,
+                (first, port),
+            )),
             Err(e) => fail(&e),
         },
     }
@@ -246,9 +257,9 @@ async fn run_connect(
     connection: String,
     args: Vec<String>,
     env: BTreeMap<String, String>,
-    first: crate::terminal::FirstPacket,
+    (first, port): (crate::terminal::FirstPacket, u16),
 ) -> ExitCode {
-    match crate::terminal::connect(&config, &connection, &args, &env, first).await {
+    match crate::terminal::connect(&config, &connection, &args, &env, first, port).await {
         Ok(outcome) => {
             // The terminal is already restored here.
             if !outcome.message.is_empty() {

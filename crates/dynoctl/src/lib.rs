@@ -34,6 +34,7 @@ pub mod cli;
 mod exec;
 pub mod report;
 mod stream;
+mod tcp;
 pub mod terminal;
 
 use std::fmt;

@@ -101,17 +101,16 @@ pub enum FirstPacket {
     Resize,
 }
 
-/// Opens an interactive session on `connection` through this process's terminal.
+/// Opens an interactive session on `connection` through this process's terminal; on a `tcp`
+/// connection, relays local connections on `127.0.0.1:tcp_port` instead (no terminal needed).
 pub async fn connect(
     config: &ClientConfig,
     connection: &str,
     args: &[String],
     env: &BTreeMap<String, String>,
     first: FirstPacket,
+    tcp_port: u16,
 ) -> Result<TerminalOutcome, ClientError> {
-    if !stdin_is_tty() {
-        return Err(ClientError::NotATty);
-    }
     let mut stream = stream::open(config, "connect", connection).await?;
     let mut open = stream::packet(pt::AGENT_SESSION_OPEN, Bytes::new());
     open.spec = session_spec(args, env);
@@ -126,10 +125,32 @@ pub async fn connect(
         };
         match p.r#type.as_str() {
             pt::CLIENT_SESSION_OPEN_OK => {
-                break p
+                let sid = p
                     .spec
                     .get(key::SESSION_ID)
                     .map(|s| String::from_utf8_lossy(s).into_owned());
+                let kind = p.spec.get(key::CONNECTION_TYPE).map(|t| t.as_ref());
+                if kind == Some(hoop_wire::spec::CONNECTION_TYPE_TCP.as_bytes()) {
+                    return crate::tcp::relay(&mut stream, sid, tcp_port, |addr| {
+                        #[allow(clippy::print_stdout)]
+                        {
+                            println!(
+                                "host={} port={}\nready to accept connections!",
+                                addr.ip(),
+                                addr.port()
+                            );
+                        }
+                    })
+                    .await;
+                }
+                if !stdin_is_tty() {
+                    let _ = stream
+                        .tx
+                        .send(stream::packet(pt::AGENT_SESSION_CLOSE, Bytes::new()))
+                        .await;
+                    return Err(ClientError::NotATty);
+                }
+                break sid;
             }
             pt::CLIENT_SESSION_CLOSE => {
                 return Ok(TerminalOutcome {

@@ -233,7 +233,9 @@ impl GatewayConfig {
                     c.name, c.agent
                 ));
             }
-            if c.command.is_empty() || c.command.iter().any(String::is_empty) {
+            // A tcp connection relays to its HOST:PORT and runs no command.
+            let needs_command = c.connection_type() != hoop_wire::spec::CONNECTION_TYPE_TCP;
+            if (needs_command && c.command.is_empty()) || c.command.iter().any(String::is_empty) {
                 return bad(format!(
                     "connection {:?} needs a non-empty command list",
                     c.name

@@ -443,6 +443,8 @@ impl Session {
                                 Bytes::from(link.version.clone()),
                             );
                         }
+                        // hoop does not record `ClientTCPConnectionWrite` (§3.7, Audit).
+                        ClientPacket::TcpWrite { .. } | ClientPacket::TcpClose { .. } => {}
                         ClientPacket::KeepAlive | ClientPacket::SysResponse { .. } => continue,
                     }
                     if self.to_client.send(Ok(packet)).await.is_err() {
@@ -462,7 +464,9 @@ impl Session {
                             tracing::debug!("second AgentSessionOpen on one stream ignored");
                             continue;
                         }
-                        pt::AGENT_EXEC_WRITE_STDIN | pt::AGENT_TERMINAL_WRITE_STDIN => {
+                        pt::AGENT_EXEC_WRITE_STDIN
+                        | pt::AGENT_TERMINAL_WRITE_STDIN
+                        | pt::AGENT_TCP_CONNECTION_WRITE => {
                             self.record(EventKind::Input, packet.payload.clone()).await;
                         }
                         _ => {}

@@ -216,6 +216,20 @@ pub enum AgentPacket {
     SessionClose {
         session_id: SessionId,
     },
+    /// `AgentTCPConnectionWrite`: bytes for the upstream socket of flow `connection_id`; the
+    /// first packet of a flow dials it, and with `server_connect` it only dials (its payload
+    /// is not written).
+    TcpWrite {
+        session_id: SessionId,
+        connection_id: String,
+        server_connect: bool,
+        data: Bytes,
+    },
+    /// `AgentCloseTCPConnection`: the client closed flow `connection_id`.
+    TcpClose {
+        session_id: SessionId,
+        connection_id: String,
+    },
     KeepAlive,
     /// A system request (`Sys*`, §2.7); `request_id` is its `gateway.session_id`.
     SysRequest {
@@ -254,6 +268,26 @@ impl fmt::Debug for AgentPacket {
             AgentPacket::SessionClose { session_id } => f
                 .debug_struct("SessionClose")
                 .field("session_id", session_id)
+                .finish(),
+            AgentPacket::TcpWrite {
+                session_id,
+                connection_id,
+                server_connect,
+                data,
+            } => f
+                .debug_struct("TcpWrite")
+                .field("session_id", session_id)
+                .field("connection_id", connection_id)
+                .field("server_connect", server_connect)
+                .field("bytes", &data.len())
+                .finish(),
+            AgentPacket::TcpClose {
+                session_id,
+                connection_id,
+            } => f
+                .debug_struct("TcpClose")
+                .field("session_id", session_id)
+                .field("connection_id", connection_id)
                 .finish(),
             AgentPacket::KeepAlive => f.write_str("KeepAlive"),
             AgentPacket::SysRequest {
@@ -302,6 +336,17 @@ pub enum ClientPacket {
         exit_code: Option<i32>,
         message: Bytes,
     },
+    /// `ClientTCPConnectionWrite`: upstream bytes of flow `connection_id`.
+    TcpWrite {
+        session_id: SessionId,
+        connection_id: String,
+        data: Bytes,
+    },
+    /// `ClientTCPConnectionClose`: the upstream side of flow `connection_id` ended.
+    TcpClose {
+        session_id: SessionId,
+        connection_id: String,
+    },
     /// The reply to a system request, echoing its id as `gateway.session_id`.
     SysResponse {
         kind: SysKind,
@@ -331,6 +376,8 @@ pub enum DecodeErrorKind {
     FeatureFlags(String),
     #[error("unparsable client.exit_code")]
     ExitCode,
+    #[error("tcp connection id not found")]
+    MissingConnectionId,
     #[error("unknown packet type")]
     UnknownType,
     #[error("payload of {0} bytes is larger than hoop's 17 MiB message limit")]
@@ -376,6 +423,18 @@ fn session_id_of<P: RawPacket>(p: &P) -> Result<SessionId, DecodeErrorKind> {
     match p.spec_value(key::SESSION_ID) {
         None => Err(DecodeErrorKind::MissingSessionId),
         Some(raw) => SessionId::parse(raw),
+    }
+}
+
+/// `client.connection_id`: a short printable id (hoop's CLI sends a decimal counter).
+fn connection_id_of<P: RawPacket>(p: &P) -> Result<String, DecodeErrorKind> {
+    let raw = p
+        .spec_value(key::CLIENT_CONNECTION_ID)
+        .filter(|raw| !raw.is_empty())
+        .ok_or(DecodeErrorKind::MissingConnectionId)?;
+    match std::str::from_utf8(raw) {
+        Ok(id) if id.len() <= 64 && id.chars().all(|c| c.is_ascii_graphic()) => Ok(id.to_owned()),
+        _ => Err(DecodeErrorKind::MissingConnectionId),
     }
 }
 
@@ -455,6 +514,24 @@ impl AgentPacket {
             pt::AGENT_SESSION_CLOSE => AgentPacket::SessionClose {
                 session_id: need_sid()?,
             },
+            pt::AGENT_TCP_CONNECTION_WRITE => {
+                let session_id = need_sid()?;
+                AgentPacket::TcpWrite {
+                    connection_id: connection_id_of(p)
+                        .map_err(|kind| err(kind, Some(session_id.clone())))?,
+                    server_connect: p.spec_value(key::TCP_SERVER_CONNECT).is_some(),
+                    data: p.payload_bytes().clone(),
+                    session_id,
+                }
+            }
+            pt::AGENT_TCP_CONNECTION_CLOSE => {
+                let session_id = need_sid()?;
+                AgentPacket::TcpClose {
+                    connection_id: connection_id_of(p)
+                        .map_err(|kind| err(kind, Some(session_id.clone())))?,
+                    session_id,
+                }
+            }
             t if let Some(kind) = SysKind::from_request_type(t) => AgentPacket::SysRequest {
                 kind,
                 request_id: need_sid()?,
@@ -531,6 +608,30 @@ impl AgentPacket {
                 p.r#type = pt::AGENT_SESSION_CLOSE.into();
                 set_sid(&mut p, &session_id);
             }
+            AgentPacket::TcpWrite {
+                session_id,
+                connection_id,
+                server_connect,
+                data,
+            } => {
+                p.r#type = pt::AGENT_TCP_CONNECTION_WRITE.into();
+                set_sid(&mut p, &session_id);
+                p.spec
+                    .insert(key::CLIENT_CONNECTION_ID.into(), Bytes::from(connection_id));
+                if server_connect {
+                    p.spec.insert(key::TCP_SERVER_CONNECT.into(), Bytes::new());
+                }
+                p.payload = data;
+            }
+            AgentPacket::TcpClose {
+                session_id,
+                connection_id,
+            } => {
+                p.r#type = pt::AGENT_TCP_CONNECTION_CLOSE.into();
+                set_sid(&mut p, &session_id);
+                p.spec
+                    .insert(key::CLIENT_CONNECTION_ID.into(), Bytes::from(connection_id));
+            }
             AgentPacket::SysRequest {
                 kind,
                 request_id,
@@ -562,7 +663,9 @@ impl ClientPacket {
             ClientPacket::SessionOpenOk { session_id, .. }
             | ClientPacket::Stdout { session_id, .. }
             | ClientPacket::Stderr { session_id, .. }
-            | ClientPacket::SessionClose { session_id, .. } => Some(session_id),
+            | ClientPacket::SessionClose { session_id, .. }
+            | ClientPacket::TcpWrite { session_id, .. }
+            | ClientPacket::TcpClose { session_id, .. } => Some(session_id),
             ClientPacket::SysResponse { request_id, .. } => Some(request_id),
         }
     }
@@ -608,6 +711,26 @@ impl ClientPacket {
                 p.spec
                     .insert(key::EXIT_CODE.into(), Bytes::from(code.to_string()));
                 p.payload = message;
+            }
+            ClientPacket::TcpWrite {
+                session_id,
+                connection_id,
+                data,
+            } => {
+                p.r#type = pt::CLIENT_TCP_CONNECTION_WRITE.into();
+                p.spec.insert(key::SESSION_ID.into(), sid(session_id));
+                p.spec
+                    .insert(key::CLIENT_CONNECTION_ID.into(), Bytes::from(connection_id));
+                p.payload = data;
+            }
+            ClientPacket::TcpClose {
+                session_id,
+                connection_id,
+            } => {
+                p.r#type = pt::CLIENT_TCP_CONNECTION_CLOSE.into();
+                p.spec.insert(key::SESSION_ID.into(), sid(session_id));
+                p.spec
+                    .insert(key::CLIENT_CONNECTION_ID.into(), Bytes::from(connection_id));
             }
             ClientPacket::SysResponse {
                 kind,
@@ -658,6 +781,25 @@ impl ClientPacket {
                 session_id,
                 message: p.payload_bytes().clone(),
             },
+            pt::CLIENT_TCP_CONNECTION_WRITE | pt::CLIENT_TCP_CONNECTION_CLOSE => {
+                let connection_id = connection_id_of(p).map_err(|kind| DecodeError {
+                    packet_type: packet_type.clone(),
+                    session_id: Some(session_id.clone()),
+                    kind,
+                })?;
+                if t == pt::CLIENT_TCP_CONNECTION_WRITE {
+                    ClientPacket::TcpWrite {
+                        session_id,
+                        connection_id,
+                        data: p.payload_bytes().clone(),
+                    }
+                } else {
+                    ClientPacket::TcpClose {
+                        session_id,
+                        connection_id,
+                    }
+                }
+            }
             t if let Some(kind) = SysKind::from_response_type(t) => ClientPacket::SysResponse {
                 kind,
                 request_id: session_id,
@@ -741,10 +883,55 @@ mod tests {
             AgentPacket::SessionClose {
                 session_id: sid("s1"),
             },
+            AgentPacket::TcpWrite {
+                session_id: sid("s1"),
+                connection_id: "1".into(),
+                server_connect: true,
+                data: Bytes::new(),
+            },
+            AgentPacket::TcpWrite {
+                session_id: sid("s1"),
+                connection_id: "12".into(),
+                server_connect: false,
+                data: Bytes::from_static(b"\x00SELECT 1"),
+            },
+            AgentPacket::TcpClose {
+                session_id: sid("s1"),
+                connection_id: "12".into(),
+            },
         ];
         for packet in packets {
             let wire: WirePacket = packet.clone().into_packet().into();
             assert_eq!(AgentPacket::decode(&wire).unwrap(), packet);
+        }
+    }
+
+    #[test]
+    fn tcp_packets_need_a_connection_id_and_round_trip() {
+        let mut p = AgentPacket::TcpClose {
+            session_id: sid("s1"),
+            connection_id: "1".into(),
+        }
+        .into_packet();
+        p.spec.remove(key::CLIENT_CONNECTION_ID);
+        let wire: WirePacket = p.into();
+        let e = AgentPacket::decode(&wire).unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::MissingConnectionId);
+        assert_eq!(e.session_id, Some(sid("s1")));
+        assert_eq!(e.kind.to_string(), "tcp connection id not found");
+        for packet in [
+            ClientPacket::TcpWrite {
+                session_id: sid("s2"),
+                connection_id: "3".into(),
+                data: Bytes::from_static(b"rows"),
+            },
+            ClientPacket::TcpClose {
+                session_id: sid("s2"),
+                connection_id: "3".into(),
+            },
+        ] {
+            let wire: WirePacket = packet.clone().into_packet().into();
+            assert_eq!(ClientPacket::decode(&wire).unwrap(), packet);
         }
     }
 

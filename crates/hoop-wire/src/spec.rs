@@ -18,6 +18,10 @@ pub mod key {
     pub const CONNECTION_PARAMS: &str = "agent.connection_params";
     pub const FEATURE_FLAGS: &str = "feature-flags";
     pub const JIT_TIMEOUT: &str = "jit.timeout";
+    /// The client's id of one TCP flow in a `tcp` session (a decimal counter from `1`).
+    pub const CLIENT_CONNECTION_ID: &str = "client.connection_id";
+    /// Present (empty) on the first `AgentTCPConnectionWrite` of a flow: "dial now", no data.
+    pub const TCP_SERVER_CONNECT: &str = "tcp.server_connect";
 }
 
 /// Packet type strings (`Packet.type`).
@@ -30,6 +34,8 @@ pub mod packet_type {
     pub const AGENT_TERMINAL_WRITE_STDIN: &str = "AgentTerminalWriteStdin";
     pub const AGENT_TERMINAL_RESIZE_TTY: &str = "AgentTerminalResizeTTY";
     pub const AGENT_TERMINAL_CLOSE: &str = "AgentTerminalClose";
+    pub const AGENT_TCP_CONNECTION_WRITE: &str = "AgentTCPConnectionWrite";
+    pub const AGENT_TCP_CONNECTION_CLOSE: &str = "AgentCloseTCPConnection";
     // Addressed to the client.
     pub const CLIENT_SESSION_OPEN_OK: &str = "ClientSessionOpenOK";
     pub const CLIENT_SESSION_OPEN_TIMEOUT: &str = "ClientSessionOpenTimeout";
@@ -40,6 +46,8 @@ pub mod packet_type {
     pub const CLIENT_WRITE_STDOUT: &str = "ClientWriteStdout";
     pub const CLIENT_WRITE_STDERR: &str = "ClientWriteStderr";
     pub const CLIENT_AGENT_LOGS: &str = "ClientAgentLogs";
+    pub const CLIENT_TCP_CONNECTION_WRITE: &str = "ClientTCPConnectionWrite";
+    pub const CLIENT_TCP_CONNECTION_CLOSE: &str = "ClientTCPConnectionClose";
     // Gateway control.
     pub const GATEWAY_KEEP_ALIVE: &str = "GatewayKeepAlive";
     pub const KEEP_ALIVE: &str = "KeepAlive";
@@ -78,6 +86,8 @@ pub mod metadata {
 
 /// Connection type for command-line connections.
 pub const CONNECTION_TYPE_COMMAND_LINE: &str = "command-line";
+/// Connection type for raw TCP relays (hoop-gateway-protocol.md §3.7).
+pub const CONNECTION_TYPE_TCP: &str = "tcp";
 /// Env value marker meaning "use the agent's own variable of that name".
 pub const SYSTEM_AGENT_ENVS: &str = "system.agent.envs";
 /// The exit code hoop uses for every internal or agent-side failure.

@@ -1,0 +1,357 @@
+//! `tcp` sessions (hoop-gateway-protocol.md §3.7): a raw TCP relay from the user's local
+//! listener (`hoop connect`) to `HOST:PORT`, one upstream socket per client connection id.
+//!
+//! - The target comes from the connection's own `HOST` and `PORT` only (a client's `-e` cannot
+//!   move it), and must match the connection's optional `TCP_ALLOW` list.
+//! - At open: a liveness dial (5 s), then `ClientSessionOpenOK`; a failure closes the session
+//!   with hoop's text.
+//! - The first `AgentTCPConnectionWrite` of an id dials (10 s); with `tcp.server_connect` it
+//!   only dials, so servers that speak first (MySQL, SMTP) work. Later packets are written to
+//!   that socket through a bounded queue (backpressure reaches the gateway stream through the
+//!   session's input budget).
+//! - Upstream bytes go back as `ClientTCPConnectionWrite` in chunks of at most 32 KiB; upstream
+//!   EOF or a read error sends `ClientTCPConnectionClose` (hoop sends nothing on a clean EOF,
+//!   which leaves the user's socket open: a quirk the spec asks a new agent to fix).
+//! - `AgentCloseTCPConnection` closes that upstream socket, idempotently (hoop leaves it open
+//!   until the session ends); closing the session closes every socket of the session.
+//! - As hoop does, a failed dial or a failed upstream write ends the whole session with 254.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use backend::{ExitStatus, SessionEnv};
+use bytes::{Bytes, BytesMut};
+use hoop_wire::{ClientPacket, SessionOpen};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::session::{SessionEvent, SessionOutput};
+
+/// The connection variables that name the upstream.
+pub const HOST_VAR: &str = "HOST";
+pub const PORT_VAR: &str = "PORT";
+/// Optional connection variable: `host:port` patterns the target must match (comma or space
+/// separated; `*` as a whole host or port matches any, `*.example.com` any subdomain).
+pub const ALLOW_VAR: &str = "TCP_ALLOW";
+
+/// The liveness dial at open (hoop: 5 s).
+const LIVENESS_TIMEOUT: Duration = Duration::from_secs(5);
+/// The dial of each relayed connection (hoop: 10 s).
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest `ClientTCPConnectionWrite` payload (hoop's `io.Copy` buffer).
+const CHUNK: usize = 32 * 1024;
+/// Client packets queued per upstream socket before the session waits (backpressure).
+const FLOW_QUEUE: usize = 16;
+
+/// Where a `tcp` session relays to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Target {
+    host: String,
+    port: u16,
+}
+
+impl Target {
+    fn addr(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Reads `HOST`/`PORT` from the connection's own variables and checks `TCP_ALLOW`.
+fn target(env: &SessionEnv) -> Result<Target, String> {
+    let host = env.connection_str(HOST_VAR).map(str::trim).unwrap_or("");
+    let port = env.connection_str(PORT_VAR).map(str::trim).unwrap_or("");
+    if host.is_empty() || port.is_empty() {
+        return Err(format!(
+            "missing required environment for connection [{HOST_VAR}, {PORT_VAR}]: set both on the connection"
+        ));
+    }
+    let valid_host = host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']'));
+    if !valid_host {
+        return Err(format!(
+            "the connection's {HOST_VAR} is not a host name or IP address"
+        ));
+    }
+    let port: u16 = match port.parse() {
+        Ok(p) if p > 0 => p,
+        _ => {
+            return Err(format!(
+                "the connection's {PORT_VAR} ({port:?}) is not a port number"
+            ));
+        }
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let target = Target { host, port };
+    if let Some(list) = env.connection_str(ALLOW_VAR)
+        && !allowed(list, &target)
+    {
+        return Err(format!(
+            "{}:{} is not in this connection's {ALLOW_VAR} list",
+            target.host, target.port
+        ));
+    }
+    Ok(target)
+}
+
+/// Whether `target` matches one of the `host:port` patterns in `list`.
+fn allowed(list: &str, target: &Target) -> bool {
+    list.split([',', ' ', '\n'])
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .any(|pattern| {
+            let Some((host, port)) = pattern.rsplit_once(':') else {
+                return false;
+            };
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let host_ok = host == "*"
+                || host.eq_ignore_ascii_case(&target.host)
+                || host.strip_prefix("*.").is_some_and(|suffix| {
+                    target
+                        .host
+                        .to_ascii_lowercase()
+                        .ends_with(&format!(".{}", suffix.to_ascii_lowercase()))
+                });
+            let port_ok = port == "*" || port.parse::<u16>().is_ok_and(|p| p == target.port);
+            host_ok && port_ok
+        })
+}
+
+/// Why a relayed connection's task ended.
+enum FlowEnd {
+    /// The upstream side ended (EOF or a read error); the client was told.
+    Upstream,
+    /// Writing to the upstream failed: hoop ends the whole session.
+    WriteFailed(std::io::Error),
+}
+
+/// One relayed connection.
+struct Flow {
+    /// Client bytes for the upstream socket; dropping it shuts the write half.
+    tx: mpsc::Sender<Bytes>,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+}
+
+impl Drop for Flow {
+    fn drop(&mut self) {
+        // Closes the socket: the read half goes with the reader, the write half with the
+        // writer.
+        self.reader.abort();
+        self.writer.abort();
+    }
+}
+
+/// A running `tcp` session.
+pub(crate) struct TcpSession<'a> {
+    pub(crate) open: &'a SessionOpen,
+    pub(crate) env: &'a SessionEnv,
+    pub(crate) output: &'a Arc<SessionOutput>,
+    pub(crate) cancel: &'a CancellationToken,
+    pub(crate) bytes_in: &'a Arc<AtomicU64>,
+    pub(crate) bytes_out: &'a Arc<AtomicU64>,
+}
+
+impl TcpSession<'_> {
+    /// Runs the session until the gateway closes it, the agent stops, or a relay fails.
+    pub(crate) async fn run(self, mut events: mpsc::Receiver<SessionEvent>) -> ExitStatus {
+        let target = match target(self.env) {
+            Ok(t) => t,
+            Err(message) => return ExitStatus::internal(message),
+        };
+        let live = tokio::select! {
+            () = self.cancel.cancelled() => return ExitStatus::internal("session closed"),
+            r = tokio::time::timeout(LIVENESS_TIMEOUT, TcpStream::connect(target.addr())) => r,
+        };
+        let reason = match live {
+            Ok(Ok(probe)) => {
+                drop(probe);
+                None
+            }
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {LIVENESS_TIMEOUT:?}")),
+        };
+        if let Some(reason) = reason {
+            return ExitStatus::internal(format!(
+                "failed connecting to remote host={}, port={}, reason={reason}",
+                target.host, target.port
+            ));
+        }
+        let sid = self.open.session_id.clone();
+        let opened = self
+            .output
+            .send(ClientPacket::SessionOpenOk {
+                session_id: sid.clone(),
+                connection_type: self.open.connection_type.clone(),
+                request_port: self.open.request_port.clone(),
+                command: String::new(),
+            })
+            .await;
+        if opened.is_err() {
+            return ExitStatus::internal("session closed");
+        }
+        tracing::info!(host = %target.host, port = target.port, "tcp session open");
+
+        let mut flows: HashMap<String, Flow> = HashMap::new();
+        let mut next_serial = 0u64;
+        let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(String, u64, FlowEnd)>();
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => return ExitStatus::internal("session closed"),
+                Some((id, serial, end)) = ended_rx.recv() => match end {
+                    FlowEnd::WriteFailed(e) => {
+                        return ExitStatus::internal(format!(
+                            "failed writing to tcp connection, reason={e}"
+                        ));
+                    }
+                    FlowEnd::Upstream => {
+                        tracing::debug!(connection_id = %id, serial, "upstream ended");
+                    }
+                },
+                event = events.recv() => match event {
+                    None => return ExitStatus::internal("session closed"),
+                    Some(SessionEvent::TcpWrite { connection_id, server_connect, data }) => {
+                        self.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        let fresh = !flows.contains_key(&connection_id);
+                        if fresh {
+                            let dialed = tokio::select! {
+                                () = self.cancel.cancelled() => return ExitStatus::internal("session closed"),
+                                r = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(target.addr())) => r,
+                            };
+                            let socket = match dialed {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => return ExitStatus::internal(format!(
+                                    "failed connecting to internal service, reason=failed dialing server: {e}"
+                                )),
+                                Err(_) => return ExitStatus::internal(format!(
+                                    "failed connecting to internal service, reason=failed dialing server: no answer within {DIAL_TIMEOUT:?}"
+                                )),
+                            };
+                            let _ = socket.set_nodelay(true);
+                            next_serial += 1;
+                            let flow = self.start_flow(socket, &connection_id, next_serial, ended_tx.clone());
+                            tracing::debug!(connection_id = %connection_id, "tcp connection dialed");
+                            flows.insert(connection_id.clone(), flow);
+                        }
+                        if (fresh && server_connect) || data.is_empty() {
+                            continue;
+                        }
+                        let Some(flow) = flows.get(&connection_id) else { continue };
+                        let tx = flow.tx.clone();
+                        let sent = tokio::select! {
+                            () = self.cancel.cancelled() => return ExitStatus::internal("session closed"),
+                            r = tx.send(data) => r,
+                        };
+                        if sent.is_err() {
+                            // The writer ended: its reason is on its way through `ended_rx`.
+                            tracing::debug!(connection_id = %connection_id, "write after the upstream writer ended");
+                        }
+                    }
+                    Some(SessionEvent::TcpClose { connection_id }) => {
+                        if flows.remove(&connection_id).is_some() {
+                            tracing::debug!(connection_id = %connection_id, "tcp connection closed by the client");
+                        }
+                    }
+                    Some(other) => {
+                        tracing::debug!(event = ?std::mem::discriminant(&other), "ignoring a non-tcp packet in a tcp session");
+                    }
+                },
+            }
+        }
+    }
+
+    fn start_flow(
+        &self,
+        socket: TcpStream,
+        id: &str,
+        serial: u64,
+        ended: mpsc::UnboundedSender<(String, u64, FlowEnd)>,
+    ) -> Flow {
+        let (mut rd, mut wr) = socket.into_split();
+        let (tx, mut rx) = mpsc::channel::<Bytes>(FLOW_QUEUE);
+        let output = Arc::clone(self.output);
+        let sid = self.open.session_id.clone();
+        let bytes_out = Arc::clone(self.bytes_out);
+        let reader_id = id.to_owned();
+        let reader_ended = ended.clone();
+        let reader = tokio::spawn(async move {
+            let mut buf = BytesMut::with_capacity(CHUNK);
+            loop {
+                buf.reserve(CHUNK);
+                let mut limited = (&mut rd).take(CHUNK as u64);
+                match limited.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                        let packet = ClientPacket::TcpWrite {
+                            session_id: sid.clone(),
+                            connection_id: reader_id.clone(),
+                            data: buf.split().freeze(),
+                        };
+                        if output.send(packet).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = output
+                .send(ClientPacket::TcpClose {
+                    session_id: sid,
+                    connection_id: reader_id.clone(),
+                })
+                .await;
+            let _ = reader_ended.send((reader_id, serial, FlowEnd::Upstream));
+        });
+        let writer_id = id.to_owned();
+        let writer = tokio::spawn(async move {
+            while let Some(data) = rx.recv().await {
+                if let Err(e) = wr.write_all(&data).await {
+                    let _ = ended.send((writer_id, serial, FlowEnd::WriteFailed(e)));
+                    return;
+                }
+            }
+            // The client closed this connection: half-close, as the socket goes.
+            let _ = wr.shutdown().await;
+        });
+        Flow { tx, reader, writer }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(host: &str, port: u16) -> Target {
+        Target {
+            host: host.into(),
+            port,
+        }
+    }
+
+    #[test]
+    fn allow_lists_match_host_and_port() {
+        let list = "db.internal:5432, *.redis.example.com:6379 127.0.0.1:*";
+        assert!(allowed(list, &t("db.internal", 5432)));
+        assert!(allowed(list, &t("DB.internal", 5432)));
+        assert!(!allowed(list, &t("db.internal", 5433)));
+        assert!(allowed(list, &t("a.redis.example.com", 6379)));
+        assert!(!allowed(list, &t("redis.example.com", 6379)));
+        assert!(!allowed(list, &t("evil-redis.example.com", 6379)));
+        assert!(allowed(list, &t("127.0.0.1", 1)));
+        assert!(!allowed("", &t("127.0.0.1", 1)));
+        assert!(!allowed("nonsense", &t("127.0.0.1", 1)));
+    }
+}

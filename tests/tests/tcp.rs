@@ -1,0 +1,317 @@
+//! `tcp` connections (issue 16, hoop-gateway-protocol.md §3.7): a hoop gateway (in-process
+//! fake) drives the real agent with hoop's TCP packets; the upstreams are real TCP servers on
+//! 127.0.0.1 that record what they see (an echo server, a server that speaks first).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use dynoagent_tests::{AgentStream, SessionReplies, WAIT, b64, setup, sid};
+use hoop_gob::AgentConnectionParams;
+use hoop_wire::{AgentPacket, ClientPacket, SessionId, SessionOpen};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// What an upstream server saw of one connection.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Accepted,
+    /// The agent closed its side (EOF), after sending this many bytes.
+    Closed(usize),
+}
+
+/// An upstream on 127.0.0.1: echoes (or first sends `banner`), and reports each connection's
+/// accept and close.
+async fn upstream(banner: Option<&'static [u8]>) -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            let _ = tx.send(Seen::Accepted);
+            tokio::spawn(async move {
+                if let Some(b) = banner {
+                    let _ = sock.write_all(b).await;
+                }
+                let mut total = 0;
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            total += n;
+                            if sock.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = tx.send(Seen::Closed(total));
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// The `AgentSessionOpen` of a `tcp` connection with `vars` (connection) and `client_env`.
+fn open_tcp(id: &SessionId, vars: &[(&str, &str)], client_env: &[(&str, &str)]) -> AgentPacket {
+    let env_vars: BTreeMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (format!("envvar:{k}"), b64(v)))
+        .collect();
+    AgentPacket::SessionOpen(Box::new(SessionOpen {
+        session_id: id.clone(),
+        connection_type: "tcp".into(),
+        params: AgentConnectionParams {
+            connection_name: "pg".into(),
+            connection_type: "tcp".into(),
+            user_email: "dev@example.com".into(),
+            env_vars,
+            client_verb: "connect".into(),
+            ..Default::default()
+        },
+        client_env: client_env
+            .iter()
+            .map(|(k, v)| (format!("envvar:{k}"), b64(v)))
+            .collect(),
+        request_port: None,
+        jit_timeout: None,
+    }))
+}
+
+async fn opened(stream: &AgentStream, vars: &[(&str, &str)]) -> (SessionId, SessionReplies) {
+    let id = sid();
+    let mut replies = stream.watch_session(&id);
+    stream.send(open_tcp(&id, vars, &[])).await;
+    match replies.next().await {
+        ClientPacket::SessionOpenOk {
+            connection_type, ..
+        } => assert_eq!(connection_type, "tcp"),
+        other => panic!("{other:?}"),
+    }
+    (id, replies)
+}
+
+fn write(id: &SessionId, conn: &str, server_connect: bool, data: &[u8]) -> AgentPacket {
+    AgentPacket::TcpWrite {
+        session_id: id.clone(),
+        connection_id: conn.into(),
+        server_connect,
+        data: Bytes::copy_from_slice(data),
+    }
+}
+
+/// Reads `ClientTCPConnectionWrite`s of `conn` until `want` bytes arrived.
+async fn read_tcp(replies: &mut SessionReplies, conn: &str, want: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < want {
+        match replies.next().await {
+            ClientPacket::TcpWrite {
+                connection_id,
+                data,
+                ..
+            } if connection_id == conn => {
+                assert!(
+                    data.len() <= 32 * 1024,
+                    "{} bytes in one packet",
+                    data.len()
+                );
+                got.extend_from_slice(&data);
+            }
+            ClientPacket::TcpWrite { .. } => {}
+            other => panic!("{other:?} after {} of {want} bytes", got.len()),
+        }
+    }
+    got
+}
+
+async fn seen(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("the upstream saw nothing in time")
+        .expect("upstream gone")
+}
+
+#[tokio::test]
+async fn relays_bytes_both_ways_and_closes_each_upstream_with_its_client() {
+    let (addr, mut ups) = upstream(None).await;
+    let (_gw, mut agent, stream) = setup(&[]).await;
+    let port = addr.port().to_string();
+    let (id, mut replies) = opened(&stream, &[("HOST", "127.0.0.1"), ("PORT", &port)]).await;
+    // The liveness dial at open.
+    assert_eq!(seen(&mut ups).await, Seen::Accepted);
+    assert_eq!(seen(&mut ups).await, Seen::Closed(0));
+
+    // Connection 1 dials on `tcp.server_connect`, then relays 1 MiB byte-exact.
+    stream.send(write(&id, "1", true, b"")).await;
+    assert_eq!(seen(&mut ups).await, Seen::Accepted);
+    let data: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| (i * 7 + i / 256) as u8)
+        .collect();
+    for chunk in data.chunks(32 * 1024) {
+        stream.send(write(&id, "1", false, chunk)).await;
+    }
+    let echoed = read_tcp(&mut replies, "1", data.len()).await;
+    assert!(echoed == data, "the relayed bytes differ");
+
+    // A second connection at the same time, with its first bytes in its first packet.
+    stream.send(write(&id, "2", false, b"second")).await;
+    assert_eq!(seen(&mut ups).await, Seen::Accepted);
+    assert_eq!(read_tcp(&mut replies, "2", 6).await, b"second");
+
+    // The client closes 1: its upstream socket is closed (hoop leaves it open).
+    stream
+        .send(AgentPacket::TcpClose {
+            session_id: id.clone(),
+            connection_id: "1".into(),
+        })
+        .await;
+    assert_eq!(seen(&mut ups).await, Seen::Closed(data.len()));
+    // Idempotent: a second close (and one for an unknown id) changes nothing.
+    for conn in ["1", "9"] {
+        stream
+            .send(AgentPacket::TcpClose {
+                session_id: id.clone(),
+                connection_id: conn.into(),
+            })
+            .await;
+    }
+    // Closing the session closes every socket it still has.
+    stream
+        .send(AgentPacket::SessionClose {
+            session_id: id.clone(),
+        })
+        .await;
+    assert_eq!(seen(&mut ups).await, Seen::Closed(6));
+    agent.wait_idle().await;
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_server_that_speaks_first_is_heard_and_its_close_reaches_the_client() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    // Greets, then closes: like an SMTP server refusing service.
+    tokio::spawn(async move {
+        for _ in 0..2 {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let _ = sock.write_all(b"220 upstream ready\r\n").await;
+        }
+    });
+    let (_gw, mut agent, stream) = setup(&[]).await;
+    let (id, mut replies) = opened(&stream, &[("HOST", "127.0.0.1"), ("PORT", &port)]).await;
+    stream.send(write(&id, "1", true, b"")).await;
+    assert_eq!(
+        read_tcp(&mut replies, "1", 20).await,
+        b"220 upstream ready\r\n"
+    );
+    // The upstream closed: the client hears of it (hoop sends nothing on a clean EOF).
+    match replies.next().await {
+        ClientPacket::TcpClose { connection_id, .. } => assert_eq!(connection_id, "1"),
+        other => panic!("{other:?}"),
+    }
+    stream
+        .send(AgentPacket::SessionClose { session_id: id })
+        .await;
+    agent.wait_idle().await;
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn unreachable_refused_and_redirected_targets_end_with_clear_errors() {
+    let (_gw, mut agent, stream) = setup(&[]).await;
+    // A port nothing listens on.
+    let free = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port().to_string()
+    };
+    let id = sid();
+    let mut replies = stream.watch_session(&id);
+    stream
+        .send(open_tcp(
+            &id,
+            &[("HOST", "127.0.0.1"), ("PORT", &free)],
+            &[],
+        ))
+        .await;
+    let out = replies.until_close().await;
+    assert_eq!(out.exit_code, Some(254));
+    assert!(
+        out.message.starts_with(&format!(
+            "failed connecting to remote host=127.0.0.1, port={free}, reason="
+        )),
+        "{}",
+        out.message
+    );
+    assert!(out.open_ok.is_none());
+
+    // The connection's allowlist refuses a target outside it.
+    let (addr, _ups) = upstream(None).await;
+    let port = addr.port().to_string();
+    let id = sid();
+    let mut replies = stream.watch_session(&id);
+    stream
+        .send(open_tcp(
+            &id,
+            &[
+                ("HOST", "127.0.0.1"),
+                ("PORT", &port),
+                ("TCP_ALLOW", "db.internal:5432"),
+            ],
+            &[],
+        ))
+        .await;
+    let out = replies.until_close().await;
+    assert_eq!(out.exit_code, Some(254));
+    assert!(out.message.contains("TCP_ALLOW"), "{}", out.message);
+
+    // A client's -e HOST/PORT neither fills a missing target nor moves the connection's.
+    let id = sid();
+    let mut replies = stream.watch_session(&id);
+    stream
+        .send(open_tcp(
+            &id,
+            &[],
+            &[("HOST", "127.0.0.1"), ("PORT", &port)],
+        ))
+        .await;
+    let out = replies.until_close().await;
+    assert_eq!(out.exit_code, Some(254));
+    assert!(out.message.contains("HOST, PORT"), "{}", out.message);
+    let id = sid();
+    let mut replies = stream.watch_session(&id);
+    stream
+        .send(open_tcp(
+            &id,
+            &[("HOST", "127.0.0.1"), ("PORT", &free)],
+            &[("HOST", "127.0.0.1"), ("PORT", &port)],
+        ))
+        .await;
+    let out = replies.until_close().await;
+    assert_eq!(
+        out.exit_code,
+        Some(254),
+        "the client's -e PORT redirected it"
+    );
+    assert!(
+        out.message.contains(&format!("port={free}")),
+        "{}",
+        out.message
+    );
+    agent.wait_idle().await;
+    agent.shutdown().await;
+}
