@@ -251,6 +251,7 @@ impl Sim {
                     release_id: Uuid::new_v4(),
                     home,
                     dynos: BTreeMap::new(),
+                    ports: BTreeMap::new(),
                 },
             );
         }
@@ -463,6 +464,16 @@ impl RunningSim {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The `PORT` that dyno `dyno` of `app` runs with now: a real port on 127.0.0.1 of its own
+    /// (herokusim's dynos share the machine's loopback, so each gets a distinct one; a formation
+    /// dyno keeps it across restarts). A `direct-tcpip` channel of the SSH proxy to
+    /// `127.0.0.1:PORT` reaches the dyno's listener. `None` if there is no such dyno.
+    pub fn dyno_port(&self, app: &str, dyno: &str) -> Option<u16> {
+        let st = self.shared.state();
+        let a = st.apps.get(app)?;
+        dynos::effective_port(a, a.dynos.get(dyno)?)
     }
 
     /// Stops serving, kills every process (SIGTERM/SIGHUP, then SIGKILL after the grace),
