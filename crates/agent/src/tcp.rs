@@ -205,7 +205,7 @@ enum Upstream {
     /// A TCP connection from the agent.
     Direct,
     /// A `direct-tcpip` channel on the session's Heroku Exec SSH connection.
-    Dyno(backend_ssh::Connection),
+    Dyno(Box<backend_ssh::Connection>),
 }
 
 impl Upstream {
@@ -277,7 +277,7 @@ impl TcpSession<'_> {
                     r = forwarder.connect_for_forwarding(self.env, app, dyno) => r,
                 };
                 match connected {
-                    Ok(conn) => Upstream::Dyno(conn),
+                    Ok(conn) => Upstream::Dyno(Box::new(conn)),
                     Err(e) => return ExitStatus::from(e),
                 }
             }
