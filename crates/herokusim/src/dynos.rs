@@ -60,9 +60,7 @@ fn free_port() -> u16 {
 
 /// The port of a formation dyno: the one it had before a restart, else a new free one.
 fn formation_port(app: &mut App, dyno: &str) -> u16 {
-    *app.ports
-        .entry(dyno.to_owned())
-        .or_insert_with(free_port)
+    *app.ports.entry(dyno.to_owned()).or_insert_with(free_port)
 }
 
 /// The `PORT` a dyno's own process sees (its config vars or env may override the platform's).
