@@ -1064,28 +1064,33 @@ impl Forward {
                 }
             }
         };
-        tokio::pin!(up, down);
-        let (mut down_done, mut client_eof) = (false, false);
-        let why = loop {
-            tokio::select! {
-                r = &mut up => break r.err(),
-                r = &mut down, if !down_done => {
-                    down_done = true;
-                    if r.is_err() || client_eof {
-                        break r.err();
+        // Both directions are dropped before the close goes out: a client → dyno write stuck on
+        // a dyno that does not read holds the channel's receiver, and with it the SSH session
+        // (which waits to queue more input); dropping it frees the session to send the close.
+        let why = {
+            tokio::pin!(up, down);
+            let (mut down_done, mut client_eof) = (false, false);
+            loop {
+                tokio::select! {
+                    r = &mut up => break r.err(),
+                    r = &mut down, if !down_done => {
+                        down_done = true;
+                        if r.is_err() || client_eof {
+                            break r.err();
+                        }
                     }
-                }
-                r = &mut eof_rx, if !client_eof => {
-                    client_eof = true;
-                    if r.is_ok() && down_done {
+                    r = &mut eof_rx, if !client_eof => {
+                        client_eof = true;
+                        if r.is_ok() && down_done {
+                            break None;
+                        }
+                    }
+                    () = target.cancel.cancelled() => {
+                        tracing::info!(%peer, %app, %dyno, %addr, channel = %id, "direct-tcpip: the dyno restarted or stopped: closing the channel");
                         break None;
                     }
+                    () = conn_cancel.cancelled() => break None,
                 }
-                () = target.cancel.cancelled() => {
-                    tracing::info!(%peer, %app, %dyno, %addr, channel = %id, "direct-tcpip: the dyno restarted or stopped: closing the channel");
-                    break None;
-                }
-                () = conn_cancel.cancelled() => break None,
             }
         };
         let _ = to_client.close().await;
