@@ -959,6 +959,10 @@ enum Ended {
     Session,
     #[error("the connection was dropped (injected fault)")]
     Dropped,
+    #[error("the dyno restarted or stopped")]
+    DynoStopped,
+    #[error("the ssh connection ended")]
+    ConnectionGone,
 }
 
 /// One `direct-tcpip` channel: a TCP connection inside the dyno, spliced to the channel.
@@ -1087,9 +1091,9 @@ impl Forward {
                     }
                     () = target.cancel.cancelled() => {
                         tracing::info!(%peer, %app, %dyno, %addr, channel = %id, "direct-tcpip: the dyno restarted or stopped: closing the channel");
-                        break None;
+                        break Some(Ended::DynoStopped);
                     }
-                    () = conn_cancel.cancelled() => break None,
+                    () = conn_cancel.cancelled() => break Some(Ended::ConnectionGone),
                 }
             }
         };
