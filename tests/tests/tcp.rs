@@ -315,3 +315,105 @@ async fn unreachable_refused_and_redirected_targets_end_with_clear_errors() {
     agent.wait_idle().await;
     agent.shutdown().await;
 }
+
+/// Into a dyno (as `heroku ps:forward`): the connection names an app, a dyno and a port; the
+/// agent reaches `127.0.0.1:PORT` inside the dyno through Heroku Exec on the Heroku emulator
+/// (exec-manager key exchange, SSH to its proxy, one `direct-tcpip` channel per connection).
+#[tokio::test]
+async fn a_port_inside_a_dyno_is_reached_through_heroku_exec() {
+    let mut config = herokusim::SimConfig {
+        ssh_port: Some(0),
+        ..herokusim::SimConfig::demo()
+    };
+    // The demo app's web.1 serves HTTP on its own PORT, on the dyno's loopback.
+    config.apps[0].formation[0].command =
+        Some("exec python3 -m http.server \"$PORT\" --bind 127.0.0.1".into());
+    config.apps.push(herokusim::AppConfig {
+        name: "firapp".into(),
+        generation: herokusim::Generation::Fir,
+        space: Some(herokusim::SpaceKind::Private),
+        ..herokusim::AppConfig::default()
+    });
+    let sim = herokusim::Sim::start(config).await.unwrap();
+    let port = sim.dyno_port("demo", "web.1").expect("web.1 has a port");
+    // python3 needs a moment to listen: wait (bounded) until it does.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "web.1 never listened"
+        );
+        tokio::task::yield_now().await;
+    }
+    let ca = format!("file://{}", sim.ca_file().display());
+    let ssh_port = sim.ssh_port().to_string();
+    let (_gw, mut agent, stream) = setup(&[
+        ("DYNOAGENT_HEROKU_API_URL", sim.api_url()),
+        ("DYNOAGENT_HEROKU_EXEC_URL", sim.exec_url()),
+        ("DYNOAGENT_HEROKU_CA", &ca),
+        ("DYNOAGENT_HEROKU_EXEC_SSH_PORT", &ssh_port),
+    ])
+    .await;
+    let port_text = port.to_string();
+    let vars = [
+        ("HEROKU_APP", "demo"),
+        ("HEROKU_DYNO", "web.1"),
+        ("PORT", port_text.as_str()),
+        ("HEROKU_API_KEY", sim.api_key()),
+    ];
+    let (id, mut replies) = opened(&stream, &vars).await;
+    for conn in ["1", "2"] {
+        stream.send(write(&id, conn, true, b"")).await;
+        stream
+            .send(write(&id, conn, false, b"GET / HTTP/1.0\r\n\r\n"))
+            .await;
+        let mut answer = Vec::new();
+        loop {
+            match replies.next().await {
+                ClientPacket::TcpWrite {
+                    connection_id,
+                    data,
+                    ..
+                } if connection_id == conn => answer.extend_from_slice(&data),
+                ClientPacket::TcpClose { connection_id, .. } if connection_id == conn => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+        assert!(text.contains("Directory listing"), "{text}");
+        stream
+            .send(AgentPacket::TcpClose {
+                session_id: id.clone(),
+                connection_id: conn.into(),
+            })
+            .await;
+    }
+    stream
+        .send(AgentPacket::SessionClose { session_id: id })
+        .await;
+
+    // A Fir app has no Heroku Exec: refused with the reason.
+    let id = sid();
+    let mut replies = stream.watch_session(&id);
+    stream
+        .send(open_tcp(
+            &id,
+            &[
+                ("HEROKU_APP", "firapp"),
+                ("PORT", "5000"),
+                ("HEROKU_API_KEY", sim.api_key()),
+            ],
+            &[],
+        ))
+        .await;
+    let out = replies.until_close().await;
+    assert_eq!(out.exit_code, Some(1), "{}", out.message);
+    assert!(out.message.contains("is a Fir app"), "{}", out.message);
+    agent.wait_idle().await;
+    agent.shutdown().await;
+    sim.shutdown().await;
+}

@@ -19,6 +19,8 @@ pub struct Router {
     run: Option<Arc<dyn Backend>>,
     psexec: Option<Arc<dyn Backend>>,
     ssh: Option<Arc<dyn Backend>>,
+    /// The psexec backend again, for `tcp` connections into a dyno (Heroku Exec forwarding).
+    forwarder: Option<Arc<PsexecBackend>>,
 }
 
 impl Router {
@@ -29,6 +31,7 @@ impl Router {
             run: None,
             psexec: None,
             ssh: None,
+            forwarder: None,
         }
     }
 
@@ -51,12 +54,12 @@ impl Router {
         })?;
         let mut ssh = SshConfig::from_agent_env();
         ssh.client.kill_grace = config.kill_grace;
-        let psexec = PsexecBackend::new(PsexecConfig {
+        let psexec = Arc::new(PsexecBackend::new(PsexecConfig {
             api: api.clone(),
             ssh_port: config.heroku.exec_ssh_port,
             attach_tls: Some(std::sync::Arc::clone(&rendezvous.tls)),
             ..PsexecConfig::default()
-        });
+        }));
         let run = RunBackend::new(RunConfig {
             api,
             rendezvous,
@@ -67,9 +70,15 @@ impl Router {
         Ok(Router {
             local: Arc::new(LocalBackend::new(local)),
             run: Some(Arc::new(run)),
-            psexec: Some(Arc::new(psexec)),
+            psexec: Some(Arc::clone(&psexec) as Arc<dyn Backend>),
             ssh: Some(Arc::new(SshBackend::new(ssh))),
+            forwarder: Some(psexec),
         })
+    }
+
+    /// Heroku Exec, for `tcp` connections into a dyno; `None` in a router without Heroku.
+    pub(crate) fn forwarder(&self) -> Option<&Arc<PsexecBackend>> {
+        self.forwarder.as_ref()
     }
 
     /// The backend for a connection command (`CmdList`). Commands no other backend claims run

@@ -354,6 +354,7 @@ async fn drive(
     }
     if open.connection_type == hoop_wire::spec::CONNECTION_TYPE_TCP {
         let tcp = crate::tcp::TcpSession {
+            router: &shared.router,
             open: &open,
             env: &env,
             output: &output,

@@ -15,6 +15,13 @@
 //! - `AgentCloseTCPConnection` closes that upstream socket, idempotently (hoop leaves it open
 //!   until the session ends); closing the session closes every socket of the session.
 //! - As hoop does, a failed dial or a failed upstream write ends the whole session with 254.
+//!
+//! **Into a dyno** (as `heroku ps:forward` does): a connection that names `HEROKU_APP` (and
+//! `HEROKU_DYNO`, default `web.1`) instead of `HOST` relays to `127.0.0.1:PORT` inside that
+//! dyno through Heroku Exec: one SSH connection to the exec proxy per session (the psexec
+//! backend's key exchange and policy: `HEROKU_API_KEY`, `HEROKU_APPS`, `PSEXEC_AUTO_ENABLE`),
+//! one `direct-tcpip` channel per relayed connection. Fir apps have no Heroku Exec and are
+//! refused.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,6 +45,9 @@ pub const PORT_VAR: &str = "PORT";
 /// Optional connection variable: `host:port` patterns the target must match (comma or space
 /// separated; `*` as a whole host or port matches any, `*.example.com` any subdomain).
 pub const ALLOW_VAR: &str = "TCP_ALLOW";
+/// A dyno target instead of `HOST`: the app, and the dyno (default `web.1`).
+pub const APP_VAR: &str = "HEROKU_APP";
+pub const DYNO_VAR: &str = "HEROKU_DYNO";
 
 /// The liveness dial at open (hoop: 5 s).
 const LIVENESS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,11 +58,13 @@ const CHUNK: usize = 32 * 1024;
 /// Client packets queued per upstream socket before the session waits (backpressure).
 const FLOW_QUEUE: usize = 16;
 
-/// Where a `tcp` session relays to.
+/// Where a `tcp` session relays to: a host the agent reaches, or a port inside a dyno.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Target {
     host: String,
     port: u16,
+    /// `(app, dyno)`: `host` is then `127.0.0.1` inside that dyno.
+    dyno: Option<(String, String)>,
 }
 
 impl Target {
@@ -65,10 +77,35 @@ impl Target {
     }
 }
 
-/// Reads `HOST`/`PORT` from the connection's own variables and checks `TCP_ALLOW`.
+/// Reads the target from the connection's own variables and checks `TCP_ALLOW`.
 fn target(env: &SessionEnv) -> Result<Target, String> {
-    let host = env.connection_str(HOST_VAR).map(str::trim).unwrap_or("");
     let port = env.connection_str(PORT_VAR).map(str::trim).unwrap_or("");
+    if let Some(app) = env.connection_str(APP_VAR).map(str::trim) {
+        if env.connection_str(HOST_VAR).is_some() {
+            return Err(format!(
+                "the connection sets both {HOST_VAR} and {APP_VAR}: set {HOST_VAR} for a host the agent reaches, or {APP_VAR} (and {DYNO_VAR}) for a port inside a dyno"
+            ));
+        }
+        let dyno = env
+            .connection_str(DYNO_VAR)
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .unwrap_or("web.1");
+        let port: u16 = match port.parse() {
+            Ok(p) if p > 0 => p,
+            _ => {
+                return Err(format!(
+                    "the connection's {PORT_VAR} ({port:?}) is not a port number; with {APP_VAR} it is the port inside the dyno"
+                ));
+            }
+        };
+        return Ok(Target {
+            host: "127.0.0.1".to_owned(),
+            port,
+            dyno: Some((app.to_owned(), dyno.to_owned())),
+        });
+    }
+    let host = env.connection_str(HOST_VAR).map(str::trim).unwrap_or("");
     if host.is_empty() || port.is_empty() {
         return Err(format!(
             "missing required environment for connection [{HOST_VAR}, {PORT_VAR}]: set both on the connection"
@@ -95,7 +132,11 @@ fn target(env: &SessionEnv) -> Result<Target, String> {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
-    let target = Target { host, port };
+    let target = Target {
+        host,
+        port,
+        dyno: None,
+    };
     if let Some(list) = env.connection_str(ALLOW_VAR)
         && !allowed(list, &target)
     {
@@ -155,8 +196,59 @@ impl Drop for Flow {
     }
 }
 
+/// A relayed byte stream: a TCP socket, or a `direct-tcpip` channel into a dyno.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+/// How upstream connections are made.
+enum Upstream {
+    /// A TCP connection from the agent.
+    Direct,
+    /// A `direct-tcpip` channel on the session's Heroku Exec SSH connection.
+    Dyno(Box<backend_ssh::Connection>),
+}
+
+impl Upstream {
+    async fn dial(&self, target: &Target) -> Result<Box<dyn Stream>, String> {
+        match self {
+            Upstream::Direct => {
+                let socket = TcpStream::connect(target.addr())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let _ = socket.set_nodelay(true);
+                Ok(Box::new(socket))
+            }
+            Upstream::Dyno(conn) => {
+                let channel = conn
+                    .forward(&target.host, target.port)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Box::new(channel))
+            }
+        }
+    }
+
+    async fn close(&self) {
+        if let Upstream::Dyno(conn) = self {
+            conn.close().await;
+        }
+    }
+}
+
+/// The target for messages: `host=H, port=P`, plus the dyno when there is one.
+fn shown(target: &Target) -> String {
+    match &target.dyno {
+        None => format!("host={}, port={}", target.host, target.port),
+        Some((app, dyno)) => format!(
+            "host={} (inside dyno {dyno} of app {app}), port={}",
+            target.host, target.port
+        ),
+    }
+}
+
 /// A running `tcp` session.
 pub(crate) struct TcpSession<'a> {
+    pub(crate) router: &'a crate::router::Router,
     pub(crate) open: &'a SessionOpen,
     pub(crate) env: &'a SessionEnv,
     pub(crate) output: &'a Arc<SessionOutput>,
@@ -167,27 +259,56 @@ pub(crate) struct TcpSession<'a> {
 
 impl TcpSession<'_> {
     /// Runs the session until the gateway closes it, the agent stops, or a relay fails.
-    pub(crate) async fn run(self, mut events: mpsc::Receiver<SessionEvent>) -> ExitStatus {
+    pub(crate) async fn run(self, events: mpsc::Receiver<SessionEvent>) -> ExitStatus {
         let target = match target(self.env) {
             Ok(t) => t,
             Err(message) => return ExitStatus::internal(message),
         };
+        let upstream = match &target.dyno {
+            None => Upstream::Direct,
+            Some((app, dyno)) => {
+                let Some(forwarder) = self.router.forwarder() else {
+                    return ExitStatus::internal(
+                        "this agent has no Heroku backends, so it cannot reach a dyno",
+                    );
+                };
+                let connected = tokio::select! {
+                    () = self.cancel.cancelled() => return ExitStatus::internal("session closed"),
+                    r = forwarder.connect_for_forwarding(self.env, app, dyno) => r,
+                };
+                match connected {
+                    Ok(conn) => Upstream::Dyno(Box::new(conn)),
+                    Err(e) => return ExitStatus::from(e),
+                }
+            }
+        };
+        let status = self.relay(&target, &upstream, events).await;
+        upstream.close().await;
+        status
+    }
+
+    async fn relay(
+        &self,
+        target: &Target,
+        upstream: &Upstream,
+        mut events: mpsc::Receiver<SessionEvent>,
+    ) -> ExitStatus {
         let live = tokio::select! {
             () = self.cancel.cancelled() => return ExitStatus::internal("session closed"),
-            r = tokio::time::timeout(LIVENESS_TIMEOUT, TcpStream::connect(target.addr())) => r,
+            r = tokio::time::timeout(LIVENESS_TIMEOUT, upstream.dial(target)) => r,
         };
         let reason = match live {
             Ok(Ok(probe)) => {
                 drop(probe);
                 None
             }
-            Ok(Err(e)) => Some(e.to_string()),
+            Ok(Err(e)) => Some(e),
             Err(_) => Some(format!("no answer within {LIVENESS_TIMEOUT:?}")),
         };
         if let Some(reason) = reason {
             return ExitStatus::internal(format!(
-                "failed connecting to remote host={}, port={}, reason={reason}",
-                target.host, target.port
+                "failed connecting to remote {}, reason={reason}",
+                shown(target)
             ));
         }
         let sid = self.open.session_id.clone();
@@ -229,7 +350,7 @@ impl TcpSession<'_> {
                         if fresh {
                             let dialed = tokio::select! {
                                 () = self.cancel.cancelled() => return ExitStatus::internal("session closed"),
-                                r = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(target.addr())) => r,
+                                r = tokio::time::timeout(DIAL_TIMEOUT, upstream.dial(target)) => r,
                             };
                             let socket = match dialed {
                                 Ok(Ok(s)) => s,
@@ -240,7 +361,6 @@ impl TcpSession<'_> {
                                     "failed connecting to internal service, reason=failed dialing server: no answer within {DIAL_TIMEOUT:?}"
                                 )),
                             };
-                            let _ = socket.set_nodelay(true);
                             next_serial += 1;
                             let flow = self.start_flow(socket, &connection_id, next_serial, ended_tx.clone());
                             tracing::debug!(connection_id = %connection_id, "tcp connection dialed");
@@ -275,12 +395,12 @@ impl TcpSession<'_> {
 
     fn start_flow(
         &self,
-        socket: TcpStream,
+        socket: Box<dyn Stream>,
         id: &str,
         serial: u64,
         ended: mpsc::UnboundedSender<(String, u64, FlowEnd)>,
     ) -> Flow {
-        let (mut rd, mut wr) = socket.into_split();
+        let (mut rd, mut wr) = tokio::io::split(socket);
         let (tx, mut rx) = mpsc::channel::<Bytes>(FLOW_QUEUE);
         let output = Arc::clone(self.output);
         let sid = self.open.session_id.clone();
@@ -338,6 +458,7 @@ mod tests {
         Target {
             host: host.into(),
             port,
+            dyno: None,
         }
     }
 

@@ -89,6 +89,10 @@ pub enum PsexecError {
         dyno: String,
         error: Box<HerokuError>,
     },
+    #[error(
+        "app {app} is a Fir app: port forwarding into a dyno goes through Heroku Exec, which Fir does not have (heroku ps:forward is refused there too)"
+    )]
+    FirNoForward { app: String },
     #[error("Heroku returned no attach URL for run:inside on dyno {dyno}")]
     FirNoAttachUrl { dyno: String },
     #[error("attaching to dyno {dyno} over SSH: {error}")]
@@ -213,6 +217,7 @@ impl From<PsexecError> for ExitStatus {
             | E::OneOff { .. }
             | E::Unreachable { .. }
             | E::FirNoKey { .. }
+            | E::FirNoForward { .. }
             | E::FirNoSuchDyno { .. }
             | E::FirNoRunningDyno { .. }
             | E::FirRunInside { .. }

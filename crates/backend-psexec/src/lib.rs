@@ -114,6 +114,19 @@ impl PsexecBackend {
     pub fn keys(&self) -> &KeyPool {
         &self.keys
     }
+
+    /// Heroku Exec's SSH connection to `dyno` of `app` for port forwarding
+    /// ([`backend_ssh::Connection::forward`]): `tcp` connections into a dyno, like
+    /// `heroku ps:forward`. The same policy as a psexec session (`HEROKU_API_KEY`,
+    /// `HEROKU_APPS`, `PSEXEC_AUTO_ENABLE=true` to enable Heroku Exec); Fir apps are refused.
+    pub async fn connect_for_forwarding(
+        &self,
+        env: &backend::SessionEnv,
+        app: &str,
+        dyno: &str,
+    ) -> Result<backend_ssh::Connection, PsexecError> {
+        session::connect_for_forwarding(&self.config, &self.keys, env, app, dyno).await
+    }
 }
 
 impl Backend for PsexecBackend {

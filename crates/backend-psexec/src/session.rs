@@ -302,6 +302,39 @@ async fn exec_session(
         };
         return fir_session(config, client, fir, spec, io).await;
     }
+    let conn = exec_connect(config, keys, client, app, dyno, opt_in, &stderr).await?;
+    tracing::info!(%app, %dyno, "heroku exec session connected");
+    Ok(Connected {
+        conn,
+        spec,
+        io: SessionIo {
+            input,
+            stdout,
+            stderr,
+            cancel,
+            report,
+        },
+        filter: None,
+    })
+}
+
+/// Heroku Exec to a Cedar app's dyno, up to an authenticated SSH connection to its proxy: the
+/// feature (enabled and the dyno restarted only with `opt_in`), the dyno's state, the
+/// exec-manager exchange with a fresh key, and SSH with the proxy's host key pinned. Progress
+/// goes to `stderr`.
+async fn exec_connect(
+    config: &PsexecConfig,
+    keys: &KeyPool,
+    client: &HerokuClient,
+    app: &str,
+    dyno: &str,
+    opt_in: bool,
+    stderr: &OutputSink,
+) -> Result<backend_ssh::Connection, PsexecError> {
+    let unreachable = |error| PsexecError::Unreachable {
+        dyno: dyno.to_owned(),
+        error: Box::new(error),
+    };
     let feature = client
         .feature(app, EXEC_FEATURE)
         .await
@@ -315,7 +348,7 @@ async fn exec_session(
             });
         }
         progress(
-            &stderr,
+            stderr,
             format!("enabling Heroku Exec ({EXEC_FEATURE}) for app {app}"),
         )
         .await;
@@ -325,7 +358,7 @@ async fn exec_session(
                 error: Box::new(error),
             });
         }
-        restart_and_wait(config, client, app, dyno, &stderr).await?;
+        restart_and_wait(config, client, app, dyno, stderr).await?;
         restarted = true;
     } else {
         match client.dyno(app, dyno).await {
@@ -361,7 +394,7 @@ async fn exec_session(
         opt_in,
         restarted,
     };
-    let creds = exchange(config, client, request, &stderr).await?;
+    let creds = exchange(config, client, request, stderr).await?;
 
     // SSH to the proxy, its host key pinned to proxy_public_key.
     let pinned = proxy_key(&creds.proxy_public_key)?;
@@ -382,19 +415,46 @@ async fn exec_session(
         addr: format!("{}:{}", target.host, target.port),
         error: Box::new(error),
     })?;
-    tracing::info!(%app, %dyno, "heroku exec session connected");
-    Ok(Connected {
-        conn,
-        spec,
-        io: SessionIo {
-            input,
-            stdout,
-            stderr,
-            cancel,
-            report,
-        },
-        filter: None,
-    })
+    Ok(conn)
+}
+
+/// Heroku Exec's SSH connection to `dyno` for port forwarding (`tcp` connections into a dyno,
+/// like `heroku ps:forward`), with a psexec session's policy: `HEROKU_API_KEY` and `HEROKU_APPS`
+/// from the connection, Heroku Exec enabled (and the dyno restarted) only with
+/// `PSEXEC_AUTO_ENABLE=true`; a one-off or a Fir app is refused.
+pub(crate) async fn connect_for_forwarding(
+    config: &PsexecConfig,
+    keys: &KeyPool,
+    env: &backend::SessionEnv,
+    app: &str,
+    dyno: &str,
+) -> Result<backend_ssh::Connection, PsexecError> {
+    args::validate_app(app)?;
+    args::validate_dyno(dyno)?;
+    heroku_policy::check_app_allowed(env, app)?;
+    if args::is_one_off(dyno) {
+        return Err(PsexecError::OneOff {
+            dyno: dyno.to_owned(),
+        });
+    }
+    let key = heroku_policy::api_key(env)?;
+    let client =
+        HerokuClient::new(config.api.clone(), key).map_err(|e| PsexecError::Client(Box::new(e)))?;
+    let info = client
+        .app(app)
+        .await
+        .map_err(|error| PsexecError::Unreachable {
+            dyno: dyno.to_owned(),
+            error: Box::new(error),
+        })?;
+    if info.generation.as_deref() == Some("fir") {
+        return Err(PsexecError::FirNoForward {
+            app: app.to_owned(),
+        });
+    }
+    let opt_in = enable_policy(env) == EnablePolicy::Always;
+    let quiet = OutputSink::discard(backend::StreamKind::Stderr);
+    exec_connect(config, keys, &client, app, dyno, opt_in, &quiet).await
 }
 
 /// What a Fir session needs beyond the channel: the arguments, whether the app is built with

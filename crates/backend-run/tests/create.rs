@@ -14,7 +14,13 @@ use herokusim::{Faults, Sim, SimConfig};
 
 #[tokio::test]
 async fn a_create_whose_answer_never_comes_leaves_no_dyno() {
-    let sim = Sim::start(SimConfig::demo()).await.unwrap();
+    // No SSH proxy on port 80: this test does not use it, and port 80 is shared machine-wide.
+    let sim = Sim::start(SimConfig {
+        ssh_port: Some(0),
+        ..SimConfig::demo()
+    })
+    .await
+    .unwrap();
     // The emulator creates the dyno at once and answers after the client gave up.
     sim.set_faults(Faults {
         create_response_delay_ms: 5_000,

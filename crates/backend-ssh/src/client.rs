@@ -388,10 +388,41 @@ enum Outcome {
     Signal { name: String, message: String },
 }
 
+/// A `direct-tcpip` channel as a byte stream (local port forwarding, `ssh -L`).
+pub type ForwardStream = russh::ChannelStream<client::Msg>;
+
 impl Connection {
     /// The target this connection reached.
     pub fn target(&self) -> &Target {
         &self.target
+    }
+
+    /// Opens a `direct-tcpip` channel to `host:port` as the server sees them (`ssh -L`); the
+    /// channel is a byte stream (EOF both ways; dropped, it closes). Several may be open at
+    /// once on one connection.
+    pub async fn forward(&self, host: &str, port: u16) -> Result<ForwardStream, SshError> {
+        let channel = self
+            .handle
+            .channel_open_direct_tcpip(host, u32::from(port), "127.0.0.1", 0)
+            .await
+            .map_err(|e| SshError::Channel {
+                addr: self.target.addr(),
+                reason: channel_open_reason(&e),
+            })?;
+        Ok(channel.into_stream())
+    }
+
+    /// Whether the connection has ended (keepalive timeout, server gone).
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    /// Closes the connection (for connections used only through [`Connection::forward`]).
+    pub async fn close(&self) {
+        let _ = self
+            .handle
+            .disconnect(Disconnect::ByApplication, "", "en")
+            .await;
     }
 
     /// Runs one channel to completion against `io`, then closes the connection.

@@ -35,7 +35,8 @@ use backend::{Backend, ExitStatus, Mode, SessionEnv, SessionIo, SessionRequest};
 use futures::future::BoxFuture;
 
 pub use client::{
-    ChannelSpec, ClientOptions, Connection, Start, StdoutFilter, Target, connect, connect_stream,
+    ChannelSpec, ClientOptions, Connection, ForwardStream, Start, StdoutFilter, Target, connect,
+    connect_stream,
 };
 pub use error::SshError;
 pub use hostkey::{HostKeyError, HostKeyPolicy, KnownHosts, fingerprint};

@@ -61,7 +61,22 @@ impl std::fmt::Debug for OutputSink {
     }
 }
 
+/// A target that drops what it gets: for work that has no client stream to tell (the setup
+/// of a `tcp` session's SSH connection, whose progress only goes to the logs).
+struct Discard;
+
+impl OutputTarget for Discard {
+    fn write(&self, _stream: StreamKind, _chunk: Bytes) -> BoxFuture<'_, Result<(), SinkClosed>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
 impl OutputSink {
+    /// A sink whose output goes nowhere.
+    pub fn discard(kind: StreamKind) -> OutputSink {
+        OutputSink::new(Arc::new(Discard), kind, Arc::new(AtomicU64::new(0)))
+    }
+
     /// A sink for `kind` that adds what it forwards to `bytes`.
     pub fn new(
         target: Arc<dyn OutputTarget>,

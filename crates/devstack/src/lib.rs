@@ -126,6 +126,8 @@ pub enum DevError {
 pub struct DevStack {
     gateway: dynogw::RunningGateway,
     sim: RunningSim,
+    /// The small HTTP service the `tcp-demo` connection relays to.
+    demo_service: DemoService,
     agent_stop: CancellationToken,
     agent_task: tokio::task::JoinHandle<()>,
     instructions: String,
@@ -133,10 +135,82 @@ pub struct DevStack {
     token_path: PathBuf,
 }
 
+/// The body the `tcp-demo` service answers every HTTP request with.
+pub const TCP_DEMO_BODY: &str = "hello from the dynoagent dev tcp demo service\n";
+/// The largest request head the demo service reads.
+const DEMO_MAX_HEAD: usize = 16 * 1024;
+
+/// A tiny HTTP service on 127.0.0.1 for the `tcp-demo` connection: it reads one request head
+/// (bounded in size and time) and answers [`TCP_DEMO_BODY`], then closes.
+struct DemoService {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DemoService {
+    async fn start() -> std::io::Result<DemoService> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = stopped.cancelled() => return,
+                    a = listener.accept() => a,
+                };
+                let Ok((mut sock, _)) = accepted else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    let read = tokio::time::timeout(Duration::from_secs(10), async {
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n")
+                            && head.len() < DEMO_MAX_HEAD
+                        {
+                            match sock.read(&mut buf).await {
+                                Ok(0) | Err(_) => return false,
+                                Ok(n) => head.extend_from_slice(buf.get(..n).unwrap_or_default()),
+                            }
+                        }
+                        true
+                    })
+                    .await;
+                    if read != Ok(true) {
+                        return;
+                    }
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{TCP_DEMO_BODY}",
+                        TCP_DEMO_BODY.len()
+                    );
+                    let _ = sock.write_all(response.as_bytes()).await;
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        Ok(DemoService { addr, stop, task })
+    }
+
+    async fn shutdown(mut self) {
+        self.stop.cancel();
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for DemoService {
+    /// A stack that fails to start stops its demo service too.
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 /// The demo connections: `local` runs on the agent's machine; `heroku-run` and `psexec` reach
 /// the emulator with its API key and the account's SSH key (for Fir) as connection secrets, as
-/// a real deployment would hold them.
-fn connections(heroku_api_key: &str, ssh_key: &str) -> Vec<ConnectionDef> {
+/// a real deployment would hold them; `tcp-demo` relays to the stack's small HTTP service.
+fn connections(heroku_api_key: &str, ssh_key: &str, demo: SocketAddr) -> Vec<ConnectionDef> {
     let heroku_secrets: BTreeMap<String, String> = [
         (
             "envvar:HEROKU_API_KEY".to_owned(),
@@ -163,6 +237,17 @@ fn connections(heroku_api_key: &str, ssh_key: &str) -> Vec<ConnectionDef> {
             heroku_secrets.clone(),
         ),
         conn("psexec", &["ps-exec.sh"], heroku_secrets),
+        ConnectionDef {
+            name: "tcp-demo".into(),
+            agent: DEV_AGENT.into(),
+            connection_type: hoop_wire::spec::CONNECTION_TYPE_TCP.into(),
+            secrets: [
+                ("envvar:HOST".to_owned(), demo.ip().to_string()),
+                ("envvar:PORT".to_owned(), demo.port().to_string()),
+            ]
+            .into(),
+            ..Default::default()
+        },
     ]
 }
 
@@ -205,6 +290,15 @@ impl DevStack {
         sim: RunningSim,
     ) -> Result<DevStack, (DevError, RunningSim)> {
         let secret = dynogw::generate_secret();
+        let demo_service = match DemoService::start().await {
+            Ok(s) => s,
+            Err(e) => {
+                return Err((
+                    DevError::Emulator(format!("cannot start the tcp demo service: {e}")),
+                    sim,
+                ));
+            }
+        };
         // The account key of the Fir demo, registered the way `dynoagent keys register` does.
         let ssh_key = match register_demo_key(&sim).await {
             Ok(key) => key,
@@ -219,7 +313,7 @@ impl DevStack {
                 secret: None,
                 ..Default::default()
             }],
-            connections: connections(sim.api_key(), &ssh_key),
+            connections: connections(sim.api_key(), &ssh_key, demo_service.addr),
             ..GatewayConfig::default()
         };
         if let Some(db) = &options.audit_db {
@@ -282,6 +376,7 @@ impl DevStack {
         Ok(DevStack {
             gateway,
             sim,
+            demo_service,
             agent_stop,
             agent_task,
             instructions,
@@ -321,6 +416,7 @@ impl DevStack {
         }
         self.gateway.shutdown().await;
         self.sim.shutdown().await;
+        self.demo_service.shutdown().await;
         // The token is valid for this run only.
         let _ = std::fs::remove_file(&self.token_path);
     }
@@ -376,7 +472,7 @@ fn instructions(
     let _ = writeln!(s, "  agent    {DEV_AGENT} (connected)");
     let _ = writeln!(
         s,
-        "  heroku   emulated, apps {DEMO_APP} (dyno web.1) and {FIR_DEMO_APP} (Fir); connections local, heroku-run, psexec"
+        "  heroku   emulated, apps {DEMO_APP} (dyno web.1) and {FIR_DEMO_APP} (Fir); connections local, heroku-run, psexec, tcp-demo"
     );
     let _ = writeln!(s, "  audit    {}", gateway.audit_db().display());
     let _ = writeln!(s);
@@ -419,6 +515,10 @@ fn instructions(
     let _ = writeln!(
         s,
         "  {ctl} connect{flags} psexec -- --interactive --app {FIR_DEMO_APP}"
+    );
+    let _ = writeln!(
+        s,
+        "  {ctl} connect{flags} tcp-demo --port 8999   # then, elsewhere: curl http://127.0.0.1:8999/"
     );
     let audit_flag = match &options.audit_db {
         Some(db) => format!(" --audit-db {}", db.display()),

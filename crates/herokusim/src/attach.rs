@@ -116,7 +116,7 @@ fn claim(shared: &SharedRef, secret: &str) -> Option<Claimed> {
     }
     let mut own = dyno.env.clone();
     own.extend(g.env.clone());
-    let env = process_env(app, &dyno.name, &own);
+    let env = process_env(app, dyno, &own);
     Some(Claimed {
         app: g.app.clone(),
         dyno_id: g.dyno_id,
@@ -124,6 +124,8 @@ fn claim(shared: &SharedRef, secret: &str) -> Option<Claimed> {
         one_off: g.one_off,
         command: resolve_command(app, &g.command),
         target: ExecTarget {
+            app: g.app.clone(),
+            dyno: dyno.name.clone(),
             env,
             cwd: app.home.clone(),
             cancel: dyno.cancel.clone(),

@@ -2,8 +2,17 @@
 //! expiring one-off dynos, the env each kind of process gets, and which dynos can be exec'd.
 //!
 //! It owns the state transitions (`starting` → `up` → gone for one-offs; `up`/`crashed` for
-//! formation dynos) and the rule that a dyno's exec agent exists only if the feature was on
-//! when it booted. It does not speak HTTP, TLS or SSH; the servers call in here.
+//! formation dynos), the rule that a dyno's exec agent exists only if the feature was on
+//! when it booted, and each dyno's `PORT`. It does not speak HTTP, TLS or SSH; the servers call
+//! in here.
+//!
+//! **Ports.** Heroku gives every dyno `PORT` inside its own network namespace, so all of them
+//! can use the same number. herokusim's dynos share the machine's loopback (it does not isolate
+//! network namespaces), so each dyno gets its own real port instead: a free `127.0.0.1` port
+//! chosen when it first boots, kept across restarts of a formation dyno. A `direct-tcpip`
+//! channel of the SSH proxy to `127.0.0.1:PORT` therefore reaches that dyno's listener (and,
+//! since nothing is isolated, any other loopback port reaches whatever listens there). The port
+//! is free when chosen; something else on the machine may take it before the dyno binds it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,13 +28,13 @@ use crate::state::{App, Dyno, DynoKind, Shared, SharedRef, State};
 
 /// Env every dyno process starts from: never the emulator's own env (which may hold secrets),
 /// only `PATH` from it.
-fn base_env(app: &App, dyno: &str) -> Vec<(String, String)> {
+fn base_env(app: &App, dyno: &Dyno) -> Vec<(String, String)> {
     let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned());
     vec![
         ("PATH".to_owned(), path),
         ("HOME".to_owned(), app.home.display().to_string()),
-        ("DYNO".to_owned(), dyno.to_owned()),
-        ("PORT".to_owned(), "5000".to_owned()),
+        ("DYNO".to_owned(), dyno.name.clone()),
+        ("PORT".to_owned(), dyno.port.to_string()),
         ("LANG".to_owned(), "C.UTF-8".to_owned()),
     ]
 }
@@ -37,10 +46,36 @@ fn merge(env: &mut Vec<(String, String)>, extra: &BTreeMap<String, String>) {
     }
 }
 
+/// A free port on 127.0.0.1 for a dyno's `PORT`: the kernel picks one for a socket that is
+/// closed at once. Without one (no loopback at all), Heroku's usual 5000.
+fn free_port() -> u16 {
+    match std::net::TcpListener::bind(("127.0.0.1", 0)).and_then(|l| l.local_addr()) {
+        Ok(addr) => addr.port(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot find a free port for a dyno: using 5000");
+            5000
+        }
+    }
+}
+
+/// The port of a formation dyno: the one it had before a restart, else a new free one.
+fn formation_port(app: &mut App, dyno: &str) -> u16 {
+    *app.ports.entry(dyno.to_owned()).or_insert_with(free_port)
+}
+
+/// The `PORT` a dyno's own process sees (its config vars or env may override the platform's).
+pub(crate) fn effective_port(app: &App, dyno: &Dyno) -> Option<u16> {
+    process_env(app, dyno, &dyno.env)
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PORT")
+        .and_then(|(_, v)| v.parse().ok())
+}
+
 /// Env of a dyno's own process (formation or one-off): base, config vars, the dyno's env.
 pub(crate) fn process_env(
     app: &App,
-    dyno: &str,
+    dyno: &Dyno,
     own: &BTreeMap<String, String>,
 ) -> Vec<(String, String)> {
     let mut env = base_env(app, dyno);
@@ -51,7 +86,7 @@ pub(crate) fn process_env(
 
 /// Env of an exec session on a dyno: like Heroku, without the app's config vars.
 pub(crate) fn exec_env(app: &App, dyno: &Dyno) -> Vec<(String, String)> {
-    let mut env = base_env(app, &dyno.name);
+    let mut env = base_env(app, dyno);
     merge(&mut env, &dyno.env);
     env
 }
@@ -99,6 +134,7 @@ pub(crate) fn boot_formation(
     };
     let cancel = shared.cancel.child_token();
     let now = SystemTime::now();
+    let port = formation_port(app, &cfg.name);
     let mut dyno = Dyno {
         id: Uuid::new_v4(),
         name: cfg.name.clone(),
@@ -114,11 +150,12 @@ pub(crate) fn boot_formation(
         force_no_tty: false,
         exec_agent: app.exec_enabled,
         boot,
+        port,
         cancel: cancel.clone(),
         stopped: None,
     };
     if let Some(command) = &cfg.command {
-        let env = process_env(app, &cfg.name, &cfg.env);
+        let env = process_env(app, &dyno, &cfg.env);
         let spec = ProcSpec {
             command: Some(command),
             env: &env,
@@ -131,7 +168,7 @@ pub(crate) fn boot_formation(
                 let shared2 = shared.clone();
                 let app_name = app_name.to_owned();
                 let dyno_name = cfg.name.clone();
-                tracing::info!(app = %app_name, dyno = %dyno_name, pid = spawned.guard.pgid(), "dyno up");
+                tracing::info!(app = %app_name, dyno = %dyno_name, pid = spawned.guard.pgid(), port, "dyno up");
                 shared.tracker.spawn(async move {
                     tokio::select! {
                         status = spawned.child.wait() => {
@@ -298,6 +335,7 @@ pub(crate) fn create_one_off(
             force_no_tty: req.force_no_tty,
             exec_agent: false,
             boot: 0,
+            port: free_port(),
             cancel: cancel.clone(),
             stopped: None,
         };
@@ -340,7 +378,7 @@ fn start_detached(shared: &SharedRef, app_name: &str, id: Uuid, cancel: &Cancell
             return;
         };
         let command = resolve_command(app, &dyno.command);
-        let env = process_env(app, &dyno.name, &dyno.env);
+        let env = process_env(app, dyno, &dyno.env);
         let spec = ProcSpec {
             command: Some(&command),
             env: &env,
@@ -463,6 +501,9 @@ pub(crate) fn no_agent_reason(state: &State, app_name: &str, dyno_name: &str) ->
 /// Everything an exec session needs about its dyno.
 #[derive(Clone, Debug)]
 pub(crate) struct ExecTarget {
+    /// For logs.
+    pub app: String,
+    pub dyno: String,
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
     pub cancel: CancellationToken,
@@ -481,6 +522,8 @@ pub(crate) fn exec_target(
     let app = state.apps.get(app_name)?;
     let dyno = app.dynos.get(dyno_name)?;
     (dyno.boot == boot).then(|| ExecTarget {
+        app: app_name.to_owned(),
+        dyno: dyno_name.to_owned(),
         env: exec_env(app, dyno),
         cwd: app.home.clone(),
         cancel: dyno.cancel.clone(),

@@ -13,6 +13,7 @@
 //!   merged pipes with `force_no_tty`);
 //! - the **exec-manager** (HTTPS): `PUT /api/v2/{dyno}` and `GET /api/v2`, Basic `app:apikey`;
 //! - the **SSH proxy** (russh): host key = `proxy_public_key`, only registered client keys;
+//!   exec, shell and `direct-tcpip` to the dyno's loopback (`ssh -L`, `ps:forward`);
 //! - the **HTTPS attach path** of Fir and Shield apps and `run:inside` (on the exec-manager's
 //!   listener): `GET /attach/{secret}` + `Upgrade: tcp`, then SSH with the account's keys.
 //!
@@ -38,7 +39,9 @@
 //! # Not emulated
 //!
 //! Apps cannot be created or deleted over the API, there are no releases, builds, add-ons, logs
-//! (`log-sessions`), 2FA or pagination (`Range`); the SSH proxy refuses sftp and `direct-tcpip` (so `ps:copy`, `ps:socks`, `ps:forward` do not work).
+//! (`log-sessions`), 2FA or pagination (`Range`); the SSH proxy refuses sftp (so `ps:copy` does
+//! not work). Dynos share the machine's network: each gets a `PORT` of its own on 127.0.0.1
+//! ([`RunningSim::dyno_port`]) instead of an isolated namespace.
 //! The flags, the config file format, the JSON line and the fault API are documented in this
 //! crate's `README.md`.
 
@@ -251,6 +254,7 @@ impl Sim {
                     release_id: Uuid::new_v4(),
                     home,
                     dynos: BTreeMap::new(),
+                    ports: BTreeMap::new(),
                 },
             );
         }
@@ -463,6 +467,16 @@ impl RunningSim {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The `PORT` that dyno `dyno` of `app` runs with now: a real port on 127.0.0.1 of its own
+    /// (herokusim's dynos share the machine's loopback, so each gets a distinct one; a formation
+    /// dyno keeps it across restarts). A `direct-tcpip` channel of the SSH proxy to
+    /// `127.0.0.1:PORT` reaches the dyno's listener. `None` if there is no such dyno.
+    pub fn dyno_port(&self, app: &str, dyno: &str) -> Option<u16> {
+        let st = self.shared.state();
+        let a = st.apps.get(app)?;
+        dynos::effective_port(a, a.dynos.get(dyno)?)
     }
 
     /// Stops serving, kills every process (SIGTERM/SIGHUP, then SIGKILL after the grace),

@@ -108,7 +108,7 @@ fn claim(shared: &SharedRef, secret: &str) -> Option<Claim> {
     if dyno.cancel.is_cancelled() || dyno.state != "starting" {
         return None;
     }
-    let mut env = process_env(app, &dyno.name, &dyno.env);
+    let mut env = process_env(app, dyno, &dyno.env);
     if !env.iter().any(|(k, _)| k == "TERM") {
         env.push(("TERM".to_owned(), "dumb".to_owned()));
     }

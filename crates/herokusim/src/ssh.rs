@@ -11,13 +11,25 @@
 //! Per channel: exec or shell, with or without a PTY (`pty-req`, `window-change` resizes the
 //! PTY, which delivers SIGWINCH), stdin EOF (closes stdin without a PTY; ignored with one, as
 //! OpenSSH does), `signal`, then after the process exits: its output drained (bounded),
-//! `exit-status` or `exit-signal`, `eof`, `close`. Not emulated: sftp, `direct-tcpip`,
-//! agent and X11 forwarding (refused).
+//! `exit-status` or `exit-signal`, `eof`, `close`.
+//!
+//! `direct-tcpip` (`ssh -L`, `ps:forward`, `ps:socks`), in exec mode only: a connection "inside
+//! the dyno" to its loopback (`127.0.0.1`, `localhost`, `::1`, and `0.0.0.0`, which
+//! `ps:forward` sends and Heroku's proxy treats as loopback, heroku-protocols.md §6.7, §8.4),
+//! spliced both ways with EOF passed on each way ([`Forward`]). herokusim does not isolate the
+//! dynos' network namespaces: a dyno's loopback is the machine's, and each dyno's `PORT` is a
+//! port of its own there (`dynos.rs`), so port P reaches whatever listens on 127.0.0.1:P. Any
+//! other host is refused (`administratively prohibited`); a port where nothing listens gets
+//! `connect failed`. The dyno's restart or stop closes its forwarded channels, as it kills its
+//! exec sessions; the SSH connection itself stays, and new channels for the old boot are refused.
+//! The attach path refuses `direct-tcpip` (Heroku's behaviour there is unverified).
+//!
+//! Not emulated: sftp, remote forwarding (`tcpip-forward`), agent and X11 forwarding (refused).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::process::ExitStatusExt as _;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,7 +39,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use russh::server::{Auth, ChannelOpenHandle, Handle, Msg, Session, VerifiedPublicKey};
-use russh::{Channel, ChannelId, MethodKind, MethodSet, Sig};
+use russh::{Channel, ChannelId, ChannelMsg, MethodKind, MethodSet, Sig};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -43,6 +55,9 @@ const CHANNEL_INPUT_QUEUE: usize = 64;
 const CHUNK: usize = 16 * 1024;
 /// How long an attach connection may stay open after its one session ended.
 const ATTACH_LINGER: Duration = Duration::from_secs(5);
+/// Bound on a `direct-tcpip` channel's connection inside the dyno (loopback: it either
+/// connects or is refused at once; the bound only guards against a stuck stack).
+const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The russh server config for the proxy.
 pub(crate) fn server_config(host_key: russh::keys::PrivateKey) -> Arc<russh::server::Config> {
@@ -329,6 +344,37 @@ impl Conn {
         exec_target(&st, &r.app, &r.dyno, r.boot)
     }
 
+    /// Where a `direct-tcpip` channel to `host:port` goes, or why it is refused.
+    fn forward_target(
+        &self,
+        host: &str,
+        port: u32,
+    ) -> Result<(ExecTarget, SocketAddr), russh::ChannelOpenFailure> {
+        use russh::ChannelOpenFailure::{AdministrativelyProhibited, ConnectFailed};
+        let peer = self.peer;
+        if let Mode::Attach(_) = self.mode {
+            tracing::info!(%peer, %host, port, "attach: direct-tcpip refused (unverified on Heroku)");
+            return Err(AdministrativelyProhibited);
+        }
+        let Some(target) = self.target.clone() else {
+            return Err(AdministrativelyProhibited);
+        };
+        let (app, dyno) = (&target.app, &target.dyno);
+        if target.cancel.is_cancelled() {
+            tracing::info!(%peer, %app, %dyno, %host, port, "direct-tcpip refused: the dyno restarted or stopped since this connection authenticated");
+            return Err(ConnectFailed);
+        }
+        let Some(ip) = loopback(host) else {
+            tracing::info!(%peer, %app, %dyno, %host, port, "direct-tcpip refused: only the dyno's own loopback can be reached (127.0.0.1, localhost, ::1, 0.0.0.0)");
+            return Err(AdministrativelyProhibited);
+        };
+        let Some(port) = u16::try_from(port).ok().filter(|p| *p != 0) else {
+            tracing::info!(%peer, %app, %dyno, %host, port, "direct-tcpip refused: not a port");
+            return Err(ConnectFailed);
+        };
+        Ok((target, SocketAddr::new(ip, port)))
+    }
+
     fn start(
         &mut self,
         channel: ChannelId,
@@ -446,6 +492,37 @@ impl russh::server::Handler for Conn {
         self.channels.insert(channel.id(), ChanState::default());
         drop(channel);
         reply.accept().await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let peer = self.peer;
+        let (target, addr) = match self.forward_target(host_to_connect, port_to_connect) {
+            Ok(ok) => ok,
+            Err(reason) => {
+                reply.reject(reason).await;
+                return Ok(());
+            }
+        };
+        let forward = Forward {
+            channel,
+            addr,
+            originator: format!("{originator_address}:{originator_port}"),
+            peer,
+            target,
+            budget: self.budget.clone(),
+            conn_cancel: self.conn_cancel.clone(),
+        };
+        self.shared.tracker.spawn(forward.run(reply));
         Ok(())
     }
 
@@ -857,5 +934,171 @@ impl ChannelJob {
         let _ = self.handle.exit_status_request(self.channel, 127).await;
         let _ = self.handle.eof(self.channel).await;
         let _ = self.handle.close(self.channel).await;
+    }
+}
+
+/// The address inside the dyno that a `direct-tcpip` host names, if it is the dyno's loopback.
+/// `0.0.0.0` is what `ps:forward` asks for (heroku-protocols.md §6.7); Heroku's proxy treats
+/// it as loopback (§8.4), so it connects to 127.0.0.1.
+fn loopback(host: &str) -> Option<IpAddr> {
+    match host.to_ascii_lowercase().as_str() {
+        "127.0.0.1" | "localhost" | "0.0.0.0" => Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        "::1" | "[::1]" => Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        _ => None,
+    }
+}
+
+/// Why a forwarded channel ended early (before both ways had passed their EOF).
+#[derive(Debug, thiserror::Error)]
+enum Ended {
+    #[error("the client closed the channel")]
+    ClientClosed,
+    #[error("the dyno's socket failed: {0}")]
+    Dyno(io::Error),
+    #[error("the ssh session could not take more data")]
+    Session,
+    #[error("the connection was dropped (injected fault)")]
+    Dropped,
+    #[error("the dyno restarted or stopped")]
+    DynoStopped,
+    #[error("the ssh connection ended")]
+    ConnectionGone,
+}
+
+/// One `direct-tcpip` channel: a TCP connection inside the dyno, spliced to the channel.
+///
+/// Flow control: each direction holds at most one chunk. Dyno → client writes wait for the
+/// client's SSH window; client → dyno writes wait for the dyno to read, and while they wait
+/// the channel's queue in russh (`channel_buffer_size` messages) fills and then the whole SSH
+/// connection waits (russh grants window on receipt, so a channel cannot be paused alone).
+/// EOF is passed on each way; the channel is closed once both ways have ended, or at once when
+/// the client closes it, the dyno's socket fails, the dyno restarts or stops, or the
+/// connection ends.
+struct Forward {
+    channel: Channel<Msg>,
+    addr: SocketAddr,
+    originator: String,
+    peer: SocketAddr,
+    target: ExecTarget,
+    budget: Arc<Budget>,
+    conn_cancel: CancellationToken,
+}
+
+impl Forward {
+    async fn run(self, reply: ChannelOpenHandle) {
+        let Self {
+            channel,
+            addr,
+            originator,
+            peer,
+            target,
+            budget,
+            conn_cancel,
+        } = self;
+        let (app, dyno) = (target.app.as_str(), target.dyno.as_str());
+        let connect = tokio::time::timeout(FORWARD_CONNECT_TIMEOUT, TcpStream::connect(addr));
+        let tcp = tokio::select! {
+            r = connect => r,
+            () = target.cancel.cancelled() => {
+                reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+                return;
+            }
+            // The connection is gone: nobody to answer.
+            () = conn_cancel.cancelled() => return,
+        };
+        let tcp = match tcp {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => {
+                tracing::info!(%peer, %app, %dyno, %addr, error = %e, "direct-tcpip: cannot connect inside the dyno");
+                reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, %app, %dyno, %addr, "direct-tcpip: connecting inside the dyno timed out");
+                reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+                return;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        reply.accept().await;
+        let id = channel.id();
+        tracing::info!(%peer, %app, %dyno, %addr, %originator, channel = %id, "direct-tcpip: forwarding");
+
+        let (mut from_client, to_client) = channel.split();
+        let (mut from_dyno, mut to_dyno) = tcp.into_split();
+        let (eof_tx, mut eof_rx) = tokio::sync::oneshot::channel::<()>();
+        // Client → dyno. Ends when the client closes the channel; its EOF half-closes the
+        // dyno's socket and is reported, and the channel is still watched for the close.
+        let up = async move {
+            let mut eof_tx = Some(eof_tx);
+            loop {
+                match from_client.wait().await {
+                    Some(ChannelMsg::Data { data }) => {
+                        to_dyno.write_all(&data).await.map_err(Ended::Dyno)?;
+                    }
+                    Some(ChannelMsg::Eof) => {
+                        let _ = to_dyno.shutdown().await;
+                        if let Some(tx) = eof_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Some(ChannelMsg::Close) | None => return Err::<(), _>(Ended::ClientClosed),
+                    Some(_) => {}
+                }
+            }
+        };
+        // Dyno → client, at the pace of the client's window; the dyno's EOF becomes the
+        // channel's.
+        let down = async {
+            let mut writer = to_client.make_writer();
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let n = from_dyno.read(&mut buf).await.map_err(Ended::Dyno)?;
+                if n == 0 {
+                    to_client.eof().await.map_err(|_| Ended::Session)?;
+                    return Ok::<(), Ended>(());
+                }
+                let allowed = budget.allow(n);
+                let chunk = buf.get(..allowed).unwrap_or_default();
+                if !chunk.is_empty() {
+                    writer.write_all(chunk).await.map_err(|_| Ended::Session)?;
+                }
+                if allowed < n {
+                    return Err(Ended::Dropped);
+                }
+            }
+        };
+        // Both directions are dropped before the close goes out: a client → dyno write stuck on
+        // a dyno that does not read holds the channel's receiver, and with it the SSH session
+        // (which waits to queue more input); dropping it frees the session to send the close.
+        let why = {
+            tokio::pin!(up, down);
+            let (mut down_done, mut client_eof) = (false, false);
+            loop {
+                tokio::select! {
+                    r = &mut up => break r.err(),
+                    r = &mut down, if !down_done => {
+                        down_done = true;
+                        if r.is_err() || client_eof {
+                            break r.err();
+                        }
+                    }
+                    r = &mut eof_rx, if !client_eof => {
+                        client_eof = true;
+                        if r.is_ok() && down_done {
+                            break None;
+                        }
+                    }
+                    () = target.cancel.cancelled() => {
+                        tracing::info!(%peer, %app, %dyno, %addr, channel = %id, "direct-tcpip: the dyno restarted or stopped: closing the channel");
+                        break Some(Ended::DynoStopped);
+                    }
+                    () = conn_cancel.cancelled() => break Some(Ended::ConnectionGone),
+                }
+            }
+        };
+        let _ = to_client.close().await;
+        let ended = why.map_or_else(|| "both ways ended".to_owned(), |e| e.to_string());
+        tracing::debug!(%peer, %addr, channel = %id, %ended, "direct-tcpip: channel closed");
     }
 }

@@ -102,6 +102,8 @@ pub(crate) struct App {
     /// The app's working directory and `HOME` for every process of its dynos.
     pub home: PathBuf,
     pub dynos: BTreeMap<String, Dyno>,
+    /// Each formation dyno's `PORT`, chosen at its first boot and kept across restarts.
+    pub ports: BTreeMap<String, u16>,
 }
 
 /// Formation or one-off.
@@ -131,6 +133,9 @@ pub(crate) struct Dyno {
     pub exec_agent: bool,
     /// Changes on every (re)boot; exec reservations name the boot they were made for.
     pub boot: u64,
+    /// The platform's `PORT` for this dyno: a real port on 127.0.0.1 of its own (dynos share
+    /// the machine's loopback; see `dynos.rs`).
+    pub port: u16,
     /// Cancelled to stop the dyno (restart, delete, time_to_live, shutdown); processes of the
     /// dyno (its own and exec sessions) are killed when it fires.
     pub cancel: CancellationToken,

@@ -4,7 +4,10 @@
 //! The CLI is found through `DYNOAGENT_HEROKU_CLI` (path to the `heroku` binary), `heroku` on
 //! `PATH`, or where `scripts/test` installs it (`~/.cache/dynoagent/heroku-cli`); without it the test fails and says how to install it (`scripts/test` does). The SSH
 //! proxy must be on 127.0.0.1:80 (the CLI hard-codes port 80), so all rendezvous and Heroku
-//! Exec cases share one emulator inside one test function, run one after another.
+//! Exec cases share one emulator inside one test function, run one after another. Its last
+//! case is `ps:forward` (heroku-protocols.md §6.7) to a second formation dyno, `http.1`, which
+//! runs `python3 -m http.server` on its own `PORT`; it also needs the CLI's fixed SOCKS port
+//! 127.0.0.1:1080 free.
 //!
 //! The SSH attach path of a Fir app (`heroku run`, `run:inside`, heroku-protocols.md §3.9, §3.10,
 //! §9) has its own test function on its own emulator with a free SSH proxy port (the path does not
@@ -126,6 +129,21 @@ impl Cli {
         Self { bin, home, env }
     }
 
+    /// Starts the CLI in the background (stdin /dev/null, output piped, killed on drop).
+    fn spawn(&self, args: &[&str]) -> tokio::process::Child {
+        tokio::process::Command::new(&self.bin)
+            .args(args)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .current_dir(self.home.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+
     async fn run(&self, args: &[&str], input: Input) -> Outcome {
         let mut cmd = tokio::process::Command::new(&self.bin);
         cmd.args(args)
@@ -178,10 +196,26 @@ impl Cli {
     }
 }
 
-/// Waits (deadline 10 s) until the app's dynos are exactly `web.1` up: one-offs are removed
-/// right after their connection closes, which the CLI may not wait for.
+/// The conformance test's second formation dyno: a web server on its own `PORT`.
+const HTTP_DYNO: &str = "http.1";
+const HTTP_SERVER: &str = r#"mkdir -p "$DYNO" && cd "$DYNO" && echo "hello from $DYNO" > index.html && exec python3 -m http.server "$PORT" --bind 127.0.0.1"#;
+
+/// Waits (deadline 10 s) until the app's dynos are exactly `http.1` and `web.1`, up: one-offs
+/// are removed right after their connection closes, which the CLI may not wait for.
 async fn only_web_up(sim: &RunningSim) {
-    only_up(sim, "demo", "web.1").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let want = [
+        (HTTP_DYNO.to_owned(), "up".to_owned()),
+        ("web.1".to_owned(), "up".to_owned()),
+    ];
+    loop {
+        let states = sim.dyno_states("demo");
+        if states == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "dynos left behind: {states:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits (deadline 10 s) until `app`'s only dyno is `dyno`, up.
@@ -208,10 +242,16 @@ fn local_uname() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_heroku_cli_conformance() {
     let cli_bin = find_cli();
-    let config = SimConfig {
+    let mut config = SimConfig {
         ssh_port: Some(80),
         ..SimConfig::demo()
     };
+    // A dyno with a listener on its own `PORT`, for `ps:forward`.
+    config.apps[0].formation.push(herokusim::DynoConfig {
+        name: HTTP_DYNO.to_owned(),
+        command: Some(HTTP_SERVER.to_owned()),
+        ..herokusim::DynoConfig::default()
+    });
     let sim = match Sim::start(config).await {
         Ok(sim) => sim,
         Err(e) => panic!(
@@ -349,6 +389,9 @@ async fn real_heroku_cli_conformance() {
     assert!(o.stdout.contains(&uname), "{}", show(&o));
     only_web_up(&sim).await;
 
+    ps_forward(&sim, &cli).await;
+    only_web_up(&sim).await;
+
     let groups = sim.live_process_groups();
     sim.shutdown().await;
     for pid in groups {
@@ -357,6 +400,111 @@ async fn real_heroku_cli_conformance() {
             "process {pid} survived shutdown"
         );
     }
+}
+
+/// `heroku ps:forward LOCAL:PORT -a demo -d http.1` (heroku-protocols.md §6.7): the CLI's SOCKS
+/// proxy on the fixed 127.0.0.1:1080, a listener on LOCAL (all interfaces), and per local
+/// connection a new SSH connection to the proxy on port 80 with a `direct-tcpip` channel to
+/// `0.0.0.0:PORT`, which the proxy treats as the dyno's loopback. The dyno's `PORT` is a real
+/// port of the machine here (herokusim does not isolate dynos' network namespaces), so LOCAL
+/// must differ from it: the single-port form `ps:forward PORT` would listen on the port the
+/// dyno's server already holds. A local `GET /` through LOCAL reaches the dyno's server, twice;
+/// then the CLI gets SIGINT (Ctrl-C) and is killed if it lingers.
+async fn ps_forward(sim: &RunningSim, cli: &Cli) {
+    let port = sim.dyno_port("demo", HTTP_DYNO).expect("http.1 has a port");
+    assert!(
+        std::net::TcpListener::bind("127.0.0.1:1080").is_ok(),
+        "ps:forward needs 127.0.0.1:1080 free (the CLI's SOCKS port is fixed)"
+    );
+    let local = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mapping = format!("{local}:{port}");
+    let args = ["ps:forward", &mapping, "-a", "demo", "-d", HTTP_DYNO];
+    let mut child = cli.spawn(&args);
+    let started = Instant::now();
+    // Polled, bounded: the CLI starts node, makes its RSA key, exchanges credentials, listens.
+    let deadline = started + CLI_TIMEOUT;
+    let body = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let out = child.wait_with_output().await.unwrap();
+            panic!(
+                "heroku {args:?} exited early ({status:?}): stdout {:?} stderr {:?}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if let Some(body) = http_get(local).await {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer through heroku {args:?} in {CLI_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("heroku {args:?} forwarded in {:?}", started.elapsed());
+    assert!(body.starts_with("HTTP/1.0 200"), "{body}");
+    assert!(body.ends_with("\r\n\r\nhello from http.1\n"), "{body}");
+    // A second connection: a new SSH connection and channel of its own.
+    let again = http_get(local).await.expect("a second request");
+    assert!(again.ends_with("hello from http.1\n"), "{again}");
+
+    // Ctrl-C, as the CLI tells the user. CLI 11.10.0 catches SIGINT and SIGTERM but keeps
+    // running after either (observed with SIGTERM: its listeners keep node's event loop
+    // alive), so after a bounded wait it is killed.
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let exited = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .is_ok();
+    if !exited {
+        child.start_kill().unwrap();
+    }
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("the CLI is reaped")
+        .unwrap();
+    eprintln!(
+        "heroku ps:forward: {} ({:?})",
+        if exited {
+            "exited by itself after SIGINT"
+        } else {
+            "still running 5 s after SIGINT: killed"
+        },
+        out.status
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!(
+        "heroku {args:?}: stdout {stdout:?} stderr {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!(
+            "Listening on {local} and forwarding to {HTTP_DYNO}:{port}"
+        )),
+        "{stdout}"
+    );
+}
+
+/// `GET / HTTP/1.0` to 127.0.0.1:`port`: the whole answer, or `None` if the connection failed
+/// or was closed without one.
+async fn http_get(port: u16) -> Option<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .ok()?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
+        .await
+        .ok()?
+        .ok()?;
+    (!out.is_empty()).then(|| String::from_utf8_lossy(&out).into_owned())
 }
 
 const SSH: &str = "/usr/bin/ssh";
