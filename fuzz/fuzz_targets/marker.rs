@@ -12,7 +12,7 @@
 
 #![no_main]
 
-use backend_run::marker::MarkerScanner;
+use heroku_args::marker::MarkerScanner;
 use libfuzzer_sys::fuzz_target;
 
 const NONCE: &str = "0123456789abcdef";

@@ -1,11 +1,11 @@
-//! Fuzz target `psexec_args`: psexec argument parsing (`backend_psexec::args::parse`) on
+//! Fuzz target `psexec_args`: psexec argument parsing (`heroku_args::psexec::parse`) on
 //! arbitrary argument vectors, split on NUL as in `run_args`. Checked: nothing panics, errors
 //! carry the `psexec: ` prefix users see, and what parses has a valid app and dyno and never
 //! both `--pipe` and a command.
 
 #![no_main]
 
-use backend_psexec::args::{self, Action};
+use heroku_args::psexec::{self as args, Action};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,4 +1,4 @@
-//! Fuzz target `run_args`: `heroku run` argument parsing (`backend_run::args::parse`) on
+//! Fuzz target `run_args`: `heroku run` argument parsing (`heroku_args::run::parse`) on
 //! arbitrary argument vectors. The bytes are split on NUL into arguments (lossy UTF-8, as
 //! arguments arrive from a gob `[]string`, which is UTF-8 by the time it gets here).
 //! Checked: nothing panics, and what parses satisfies the promises the backend relies on
@@ -6,7 +6,7 @@
 
 #![no_main]
 
-use backend_run::args::{self, Parsed};
+use heroku_args::run::{self as args, Parsed};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -25,7 +25,7 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-pub mod args;
+pub use heroku_args::psexec as args;
 mod error;
 pub mod keys;
 mod session;

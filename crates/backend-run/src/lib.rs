@@ -15,7 +15,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod account_key;
-pub mod args;
+pub use heroku_args::run as args;
 mod error;
 pub mod marker;
 pub mod rendezvous;

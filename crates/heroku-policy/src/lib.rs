@@ -29,9 +29,7 @@ pub const API_KEY_VAR: &str = "HEROKU_API_KEY";
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
     /// Holds at most the first 64 characters of the name.
-    #[error(
-        "invalid app name {0:?}: Heroku app names are 3-30 lower-case letters, digits and dashes, starting with a letter"
-    )]
+    #[error("{}", heroku_args::invalid_app_name_message(.0))]
     InvalidAppName(String),
     #[error(
         "app {app:?} is not allowed on this connection: its HEROKU_APPS is not readable text, so no app is allowed; set it as an envvar: of comma-separated app names"
@@ -46,21 +44,7 @@ pub enum PolicyError {
     MissingApiKey,
 }
 
-/// Whether `app` can name a Heroku app: 3 to 30 lower-case letters, digits and dashes,
-/// starting with a letter, or an app id (a hyphenated UUID). Checked before any API call, so
-/// a hostile name never reaches a URL.
-pub fn is_heroku_app_name(app: &str) -> bool {
-    let uuid = app.len() == 36
-        && app.chars().enumerate().all(|(i, c)| {
-            matches!(i, 8 | 13 | 18 | 23) == (c == '-') && (c == '-' || c.is_ascii_hexdigit())
-        });
-    let name = (3..=30).contains(&app.len())
-        && app.starts_with(|c: char| c.is_ascii_lowercase())
-        && app
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    uuid || name
-}
+pub use heroku_args::is_heroku_app_name;
 
 /// [`is_heroku_app_name`] as a check whose error quotes (the start of) the bad name.
 pub fn check_app_name(app: &str) -> Result<(), PolicyError> {

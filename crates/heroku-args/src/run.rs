@@ -124,10 +124,10 @@ pub fn parse(args: &[String]) -> Result<Parsed, ArgsError> {
     }))
 }
 
-/// Heroku app names (`heroku_policy::check_app_name`): 3 to 30 lower-case letters, digits
+/// Heroku app names ([`crate::check_app_name`]): 3 to 30 lower-case letters, digits
 /// and dashes, starting with a letter, or an app id (a UUID).
 pub fn validate_app(app: &str) -> Result<(), ArgsError> {
-    heroku_policy::check_app_name(app).map_err(|e| ArgsError(e.to_string()))
+    crate::check_app_name(app).map_err(ArgsError)
 }
 
 /// Splits `-e 'A=1;B=2'` like the CLI: `^\s*([\w.-]+)\s*=\s*(.*)?\s*$` per `;`-separated part.

@@ -121,10 +121,10 @@ pub fn parse(args: &[String]) -> Result<Action, ArgsError> {
     }))
 }
 
-/// Heroku app names (`heroku_policy::check_app_name`): 3 to 30 lower-case letters, digits
+/// Heroku app names ([`crate::check_app_name`]): 3 to 30 lower-case letters, digits
 /// and dashes, starting with a letter, or an app id (a UUID).
 pub fn validate_app(app: &str) -> Result<(), ArgsError> {
-    heroku_policy::check_app_name(app).map_err(|e| ArgsError(format!("psexec: {e}")))
+    crate::check_app_name(app).map_err(|e| ArgsError(format!("psexec: {e}")))
 }
 
 /// The dyno when `--dyno` is not given (ps-exec.sh's default).
