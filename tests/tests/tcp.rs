@@ -417,3 +417,72 @@ async fn a_port_inside_a_dyno_is_reached_through_heroku_exec() {
     agent.shutdown().await;
     sim.shutdown().await;
 }
+
+/// STYLE rule 16: one connection whose upstream stops reading must not hold up the session's
+/// other connections. Connection "slow" goes to a server that reads its first 4 bytes and then
+/// never again (with a 4 KiB receive buffer), and gets 6 MiB: more than the kernel buffers
+/// hold, less than the session's 8 MiB input budget. Connection "fast" must still echo, and
+/// the session must still close on request.
+#[tokio::test]
+async fn a_stalled_upstream_does_not_hold_up_the_sessions_other_connections() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let (held_tx, mut held) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        // At most the liveness dial and the two connections (bounded).
+        for _ in 0..3 {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let held_tx = held_tx.clone();
+            tokio::spawn(async move {
+                let mut first = [0u8; 4];
+                if sock.read_exact(&mut first).await.is_err() {
+                    return;
+                }
+                if &first == b"STOP" {
+                    // Never reads again; keeps the socket until the test ends.
+                    let _ = held_tx.send(sock);
+                    return;
+                }
+                let _ = sock.write_all(&first).await;
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = sock.read(&mut buf).await {
+                    if sock.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let (_gw, mut agent, stream) = setup(&[]).await;
+    let (id, mut replies) = opened(&stream, &[("HOST", "127.0.0.1"), ("PORT", &port)]).await;
+    stream.send(write(&id, "slow", false, b"STOP")).await;
+    let held_sock = tokio::time::timeout(WAIT, held.recv())
+        .await
+        .expect("the stalled connection was not dialled in time")
+        .unwrap();
+    let chunk = vec![0x5a_u8; 32 * 1024];
+    let relayed = async {
+        for _ in 0..(6 * 1024 * 1024 / chunk.len()) {
+            stream.send(write(&id, "slow", false, &chunk)).await;
+        }
+        stream.send(write(&id, "fast", false, b"ping")).await;
+        read_tcp(&mut replies, "fast", 4).await
+    };
+    let echoed = tokio::time::timeout(WAIT, relayed)
+        .await
+        .expect("a stalled connection held up the session's other connection");
+    assert_eq!(echoed, b"ping");
+    stream
+        .send(AgentPacket::SessionClose {
+            session_id: id.clone(),
+        })
+        .await;
+    agent.wait_idle().await;
+    drop(held_sock);
+    agent.shutdown().await;
+}

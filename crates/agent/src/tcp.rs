@@ -5,10 +5,13 @@
 //!   move it), and must match the connection's optional `TCP_ALLOW` list.
 //! - At open: a liveness dial (5 s), then `ClientSessionOpenOK`; a failure closes the session
 //!   with hoop's text.
-//! - The first `AgentTCPConnectionWrite` of an id dials (10 s); with `tcp.server_connect` it
-//!   only dials, so servers that speak first (MySQL, SMTP) work. Later packets are written to
-//!   that socket through a bounded queue (backpressure reaches the gateway stream through the
-//!   session's input budget).
+//! - The first `AgentTCPConnectionWrite` of an id starts that connection's task, which dials
+//!   (10 s); with `tcp.server_connect` it only dials, so servers that speak first (MySQL,
+//!   SMTP) work, and other connections go on while it dials. Later packets are queued for
+//!   that socket without waiting, so a connection whose upstream stops reading never holds
+//!   up the session's other connections. The queue is bounded in bytes by the session's input
+//!   budget (each packet carries its share until written); a budget that stays exhausted ends
+//!   the session, as for any session whose process stops reading.
 //! - Upstream bytes go back as `ClientTCPConnectionWrite` in chunks of at most 32 KiB; upstream
 //!   EOF or a read error sends `ClientTCPConnectionClose` (hoop sends nothing on a clean EOF,
 //!   which leaves the user's socket open: a quirk the spec asks a new agent to fix).
@@ -55,8 +58,6 @@ const LIVENESS_TIMEOUT: Duration = Duration::from_secs(5);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest `ClientTCPConnectionWrite` payload (hoop's `io.Copy` buffer).
 const CHUNK: usize = 32 * 1024;
-/// Client packets queued per upstream socket before the session waits (backpressure).
-const FLOW_QUEUE: usize = 16;
 
 /// Where a `tcp` session relays to: a host the agent reaches, or a port inside a dyno.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -175,24 +176,26 @@ fn allowed(list: &str, target: &Target) -> bool {
 enum FlowEnd {
     /// The upstream side ended (EOF or a read error); the client was told.
     Upstream,
+    /// The dial failed: hoop ends the whole session (the text is the session's message).
+    DialFailed(String),
     /// Writing to the upstream failed: hoop ends the whole session.
     WriteFailed(std::io::Error),
 }
 
-/// One relayed connection.
+/// One relayed connection: a task that dials, then copies both ways.
 struct Flow {
-    /// Client bytes for the upstream socket; dropping it shuts the write half.
-    tx: mpsc::Sender<Bytes>,
-    reader: JoinHandle<()>,
-    writer: JoinHandle<()>,
+    /// Client bytes for the upstream socket; dropping it shuts the write half. Unbounded in
+    /// count, bounded in bytes: every packet carries its share of the session's input budget
+    /// until it is written (or dropped with the flow), and the engine ends a session whose
+    /// budget stays exhausted.
+    tx: mpsc::UnboundedSender<Bytes>,
+    task: JoinHandle<()>,
 }
 
 impl Drop for Flow {
     fn drop(&mut self) {
-        // Closes the socket: the read half goes with the reader, the write half with the
-        // writer.
-        self.reader.abort();
-        self.writer.abort();
+        // Closes the socket (or channel), both halves, and stops a dial in progress.
+        self.task.abort();
     }
 }
 
@@ -282,20 +285,21 @@ impl TcpSession<'_> {
                 }
             }
         };
-        let status = self.relay(&target, &upstream, events).await;
+        let (target, upstream) = (Arc::new(target), Arc::new(upstream));
+        let status = self.relay(target, Arc::clone(&upstream), events).await;
         upstream.close().await;
         status
     }
 
     async fn relay(
         &self,
-        target: &Target,
-        upstream: &Upstream,
+        target: Arc<Target>,
+        upstream: Arc<Upstream>,
         mut events: mpsc::Receiver<SessionEvent>,
     ) -> ExitStatus {
         let live = tokio::select! {
             () = self.cancel.cancelled() => return ExitStatus::internal("session closed"),
-            r = tokio::time::timeout(LIVENESS_TIMEOUT, upstream.dial(target)) => r,
+            r = tokio::time::timeout(LIVENESS_TIMEOUT, upstream.dial(&target)) => r,
         };
         let reason = match live {
             Ok(Ok(probe)) => {
@@ -308,7 +312,7 @@ impl TcpSession<'_> {
         if let Some(reason) = reason {
             return ExitStatus::internal(format!(
                 "failed connecting to remote {}, reason={reason}",
-                shown(target)
+                shown(&target)
             ));
         }
         let sid = self.open.session_id.clone();
@@ -329,6 +333,9 @@ impl TcpSession<'_> {
         let mut flows: HashMap<String, Flow> = HashMap::new();
         let mut next_serial = 0u64;
         let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(String, u64, FlowEnd)>();
+        // No branch below awaits in its handler (STYLE 16): a dial runs in its flow's task,
+        // and client bytes go to the flow's queue without waiting, so one connection whose
+        // upstream stops reading never holds up the session's others, nor a close.
         loop {
             tokio::select! {
                 () = self.cancel.cancelled() => return ExitStatus::internal("session closed"),
@@ -336,6 +343,11 @@ impl TcpSession<'_> {
                     FlowEnd::WriteFailed(e) => {
                         return ExitStatus::internal(format!(
                             "failed writing to tcp connection, reason={e}"
+                        ));
+                    }
+                    FlowEnd::DialFailed(reason) => {
+                        return ExitStatus::internal(format!(
+                            "failed connecting to internal service, reason=failed dialing server: {reason}"
                         ));
                     }
                     FlowEnd::Upstream => {
@@ -348,34 +360,21 @@ impl TcpSession<'_> {
                         self.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
                         let fresh = !flows.contains_key(&connection_id);
                         if fresh {
-                            let dialed = tokio::select! {
-                                () = self.cancel.cancelled() => return ExitStatus::internal("session closed"),
-                                r = tokio::time::timeout(DIAL_TIMEOUT, upstream.dial(target)) => r,
-                            };
-                            let socket = match dialed {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => return ExitStatus::internal(format!(
-                                    "failed connecting to internal service, reason=failed dialing server: {e}"
-                                )),
-                                Err(_) => return ExitStatus::internal(format!(
-                                    "failed connecting to internal service, reason=failed dialing server: no answer within {DIAL_TIMEOUT:?}"
-                                )),
-                            };
                             next_serial += 1;
-                            let flow = self.start_flow(socket, &connection_id, next_serial, ended_tx.clone());
-                            tracing::debug!(connection_id = %connection_id, "tcp connection dialed");
+                            let flow = self.start_flow(
+                                Arc::clone(&upstream),
+                                Arc::clone(&target),
+                                &connection_id,
+                                next_serial,
+                                ended_tx.clone(),
+                            );
                             flows.insert(connection_id.clone(), flow);
                         }
                         if (fresh && server_connect) || data.is_empty() {
                             continue;
                         }
                         let Some(flow) = flows.get(&connection_id) else { continue };
-                        let tx = flow.tx.clone();
-                        let sent = tokio::select! {
-                            () = self.cancel.cancelled() => return ExitStatus::internal("session closed"),
-                            r = tx.send(data) => r,
-                        };
-                        if sent.is_err() {
+                        if flow.tx.send(data).is_err() {
                             // The writer ended: its reason is on its way through `ended_rx`.
                             tracing::debug!(connection_id = %connection_id, "write after the upstream writer ended");
                         }
@@ -393,63 +392,79 @@ impl TcpSession<'_> {
         }
     }
 
+    /// Starts a relayed connection: its task dials (bounded), then copies upstream bytes to
+    /// the client and queued client bytes to the upstream, each direction on its own.
     fn start_flow(
         &self,
-        socket: Box<dyn Stream>,
+        upstream: Arc<Upstream>,
+        target: Arc<Target>,
         id: &str,
         serial: u64,
         ended: mpsc::UnboundedSender<(String, u64, FlowEnd)>,
     ) -> Flow {
-        let (mut rd, mut wr) = tokio::io::split(socket);
-        let (tx, mut rx) = mpsc::channel::<Bytes>(FLOW_QUEUE);
+        let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
         let output = Arc::clone(self.output);
         let sid = self.open.session_id.clone();
         let bytes_out = Arc::clone(self.bytes_out);
-        let reader_id = id.to_owned();
-        let reader_ended = ended.clone();
-        let reader = tokio::spawn(async move {
-            let mut buf = BytesMut::with_capacity(CHUNK);
-            loop {
-                buf.reserve(CHUNK);
-                let mut limited = (&mut rd).take(CHUNK as u64);
-                match limited.read_buf(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                        let packet = ClientPacket::TcpWrite {
-                            session_id: sid.clone(),
-                            connection_id: reader_id.clone(),
-                            data: buf.split().freeze(),
-                        };
-                        if output.send(packet).await.is_err() {
-                            return;
+        let id = id.to_owned();
+        let task = tokio::spawn(async move {
+            let socket = match tokio::time::timeout(DIAL_TIMEOUT, upstream.dial(&target)).await {
+                Ok(Ok(socket)) => socket,
+                Ok(Err(e)) => {
+                    let _ = ended.send((id, serial, FlowEnd::DialFailed(e)));
+                    return;
+                }
+                Err(_) => {
+                    let reason = format!("no answer within {DIAL_TIMEOUT:?}");
+                    let _ = ended.send((id, serial, FlowEnd::DialFailed(reason)));
+                    return;
+                }
+            };
+            tracing::debug!(connection_id = %id, "tcp connection dialed");
+            let (mut rd, mut wr) = tokio::io::split(socket);
+            let read = async {
+                let mut buf = BytesMut::with_capacity(CHUNK);
+                loop {
+                    buf.reserve(CHUNK);
+                    let mut limited = (&mut rd).take(CHUNK as u64);
+                    match limited.read_buf(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                            let packet = ClientPacket::TcpWrite {
+                                session_id: sid.clone(),
+                                connection_id: id.clone(),
+                                data: buf.split().freeze(),
+                            };
+                            if output.send(packet).await.is_err() {
+                                return;
+                            }
                         }
                     }
                 }
-            }
-            let _ = output
-                .send(ClientPacket::TcpClose {
-                    session_id: sid,
-                    connection_id: reader_id.clone(),
-                })
-                .await;
-            let _ = reader_ended.send((reader_id, serial, FlowEnd::Upstream));
-        });
-        let writer_id = id.to_owned();
-        let writer = tokio::spawn(async move {
-            while let Some(data) = rx.recv().await {
-                if let Err(e) = wr.write_all(&data).await {
-                    let _ = ended.send((writer_id, serial, FlowEnd::WriteFailed(e)));
-                    return;
+                let _ = output
+                    .send(ClientPacket::TcpClose {
+                        session_id: sid.clone(),
+                        connection_id: id.clone(),
+                    })
+                    .await;
+                let _ = ended.send((id.clone(), serial, FlowEnd::Upstream));
+            };
+            let write = async {
+                while let Some(data) = rx.recv().await {
+                    if let Err(e) = wr.write_all(&data).await {
+                        let _ = ended.send((id.clone(), serial, FlowEnd::WriteFailed(e)));
+                        return;
+                    }
                 }
-            }
-            // The client closed this connection: half-close, as the socket goes.
-            let _ = wr.shutdown().await;
+                // The client closed this connection: half-close, as the socket goes.
+                let _ = wr.shutdown().await;
+            };
+            tokio::join!(read, write);
         });
-        Flow { tx, reader, writer }
+        Flow { tx, task }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
