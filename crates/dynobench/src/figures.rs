@@ -5,6 +5,8 @@
 //! * throughput: `head -c N /dev/zero` through client → gateway → agent → backend, as the
 //!   streaming rate (first output byte to last) seen by an in-process `dynoctl::exec`, against
 //!   OpenSSH's client, a plain pipe and the real `heroku run` CLI.
+//! * tcp (`figures/tcp.rs`): a byte stream through `dynoctl connect` and a `tcp` connection,
+//!   against `ssh -L`.
 //! * setup: `exec true` end to end (dial, open, spawn, exit code), against `ssh host true` and
 //!   spawning `true`.
 //! * scale: N concurrent `connect` sessions running `cat`; the agent's RSS per session and
@@ -23,6 +25,9 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{self, Sink, Terminal};
 use crate::report::{Row, Runs, Target, Unit, median, percentile};
 use crate::stack::{self, Stack, conn};
+
+mod tcp;
+pub use tcp::{Source, throughput as throughput_tcp};
 
 /// Sizes and counts of one bench run.
 #[derive(Clone, Debug)]
@@ -272,6 +277,22 @@ impl CpuSnap {
     }
 }
 
+/// `; CPU s/GiB: …`, the medians of `cpu` per process group, or nothing without runs.
+fn cpu_note(cpu: &[CpuSnap]) -> String {
+    let m = |f: fn(&CpuSnap) -> f64| median(&cpu.iter().map(f).collect::<Vec<_>>());
+    match (
+        m(|c| c.agent),
+        m(|c| c.agent_children),
+        m(|c| c.bench),
+        m(|c| c.sshd),
+    ) {
+        (Some(agent), Some(children), Some(bench), Some(sshd)) => format!(
+            "; CPU s/GiB: agent {agent:.2}, its session processes {children:.2}, bench process (gateway, client, emulator) {bench:.2}, sshd {sshd:.2}"
+        ),
+        _ => String::new(),
+    }
+}
+
 /// Waits (bounded) until sshd has reaped its connections' processes, so that their CPU time
 /// is in its `cutime`.
 async fn sshd_settled(stack: &Stack) {
@@ -427,18 +448,7 @@ pub async fn throughput(ctx: &mut Ctx<'_>, paths: Paths) -> Vec<Row> {
     }
     let size = format!("N = {} MiB", n / (1024 * 1024));
     let row = |figure: &str, value: &Series, anchor: &str, a: &Series, target, cpu: &[CpuSnap]| {
-        let m = |f: fn(&CpuSnap) -> f64| median(&cpu.iter().map(f).collect::<Vec<_>>());
-        let cpu = match (
-            m(|c| c.agent),
-            m(|c| c.agent_children),
-            m(|c| c.bench),
-            m(|c| c.sshd),
-        ) {
-            (Some(agent), Some(children), Some(bench), Some(sshd)) => format!(
-                "; CPU s/GiB: agent {agent:.2}, its session processes {children:.2}, bench process (gateway, client, emulator) {bench:.2}, sshd {sshd:.2}"
-            ),
-            _ => String::new(),
-        };
+        let cpu = cpu_note(cpu);
         Row {
             figure: figure.into(),
             unit: Unit::MibPerS,

@@ -35,12 +35,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::figures::{Ctx, Params, Paths};
 
-const FIGURES: [&str; 9] = [
+const FIGURES: [&str; 10] = [
     "throughput",
     "throughput-local",
     "throughput-ssh",
     "throughput-run",
     "throughput-psexec",
+    "throughput-tcp",
     "setup",
     "scale",
     "slow",
@@ -55,7 +56,7 @@ struct Cli {
     /// terminals, fewer keystrokes): about four minutes instead of about twenty.
     #[arg(long)]
     quick: bool,
-    /// Only these figures: throughput (or throughput-local, -ssh, -run, -psexec), setup,
+    /// Only these figures: throughput (or throughput-local, -ssh, -run, -psexec, -tcp), setup,
     /// scale, slow, budget. Repeat or separate with commas.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -274,6 +275,9 @@ async fn run(cli: Cli, params: Params, agent: PathBuf) -> ExitCode {
     };
     if paths.local || paths.ssh || paths.run || paths.psexec {
         rows.extend(Box::pin(figures::throughput(&mut ctx, paths)).await);
+    }
+    if selected(only, "throughput-tcp") && !cancel.is_cancelled() {
+        rows.extend(Box::pin(figures::throughput_tcp(&mut ctx)).await);
     }
     if selected(only, "setup") && !cancel.is_cancelled() {
         rows.extend(Box::pin(figures::setup(&mut ctx)).await);

@@ -39,6 +39,8 @@ pub mod conn {
     pub const SSH: &str = "ssh";
     pub const RUN: &str = "heroku-run";
     pub const PSEXEC: &str = "psexec";
+    /// A `tcp` connection to the bench's byte source ([`crate::figures::Source`]).
+    pub const TCP: &str = "tcp";
 }
 
 /// A running OpenSSH server on 127.0.0.1 with a client key and a known_hosts file.
@@ -92,7 +94,7 @@ impl Sshd {
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
                  AuthorizedKeysFile {d}/authorized_keys\nPubkeyAuthentication yes\nPasswordAuthentication no\n\
                  KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin prohibit-password\nStrictModes no\n\
-                 AllowTcpForwarding no\nX11Forwarding no\nPrintMotd no\nPrintLastLog no\nUseDNS no\n\
+                 AllowTcpForwarding local\nPermitOpen 127.0.0.1:*\nX11Forwarding no\nPrintMotd no\nPrintLastLog no\nUseDNS no\n\
                  MaxStartups 100:30:200\nLogLevel INFO\n"
             );
             std::fs::write(dir.join("sshd_config"), config)?;
@@ -160,10 +162,29 @@ impl Sshd {
 
     /// `ssh` (OpenSSH's client) running `remote` on this server, verifying its host key.
     pub fn client(&self, remote: &str) -> tokio::process::Command {
+        let mut cmd = self.ssh();
+        cmd.arg("-T")
+            .arg(format!("{}@127.0.0.1", self.user))
+            .arg(remote)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `ssh -N -L 127.0.0.1:local:127.0.0.1:target` through this server.
+    pub fn forward(&self, local: u16, target: u16) -> tokio::process::Command {
+        let mut cmd = self.ssh();
+        cmd.args(["-N", "-o", "ExitOnForwardFailure=yes", "-L"])
+            .arg(format!("127.0.0.1:{local}:127.0.0.1:{target}"))
+            .arg(format!("{}@127.0.0.1", self.user))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `ssh` with this server's port, client key and pinned host key.
+    fn ssh(&self) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new("ssh");
         cmd.arg("-F")
             .arg("/dev/null")
-            .arg("-T")
             .arg("-p")
             .arg(self.port.to_string())
             .arg("-i")
@@ -177,10 +198,7 @@ impl Sshd {
                 "BatchMode=yes",
                 "-o",
                 "LogLevel=ERROR",
-            ])
-            .arg(format!("{}@127.0.0.1", self.user))
-            .arg(remote)
-            .stdin(Stdio::null());
+            ]);
         cmd
     }
 
@@ -190,7 +208,7 @@ impl Sshd {
 }
 
 /// The gateway's connections: one per measured path.
-fn connections(sim: &RunningSim, sshd: &Sshd) -> anyhow::Result<Vec<ConnectionDef>> {
+fn connections(sim: &RunningSim, sshd: &Sshd, source: u16) -> anyhow::Result<Vec<ConnectionDef>> {
     let key_pem = std::fs::read_to_string(&sshd.client_key)?;
     let conn = |name: &str, command: &[&str], secrets: &[(&str, &str)]| ConnectionDef {
         name: name.into(),
@@ -224,6 +242,17 @@ fn connections(sim: &RunningSim, sshd: &Sshd) -> anyhow::Result<Vec<ConnectionDe
         ),
         conn(conn::RUN, &["heroku", "run", "--exit-code"], &heroku),
         conn(conn::PSEXEC, &["ps-exec.sh"], &heroku),
+        ConnectionDef {
+            connection_type: "tcp".into(),
+            ..conn(
+                conn::TCP,
+                &[],
+                &[
+                    ("envvar:HOST", "127.0.0.1"),
+                    ("envvar:PORT", &source.to_string()),
+                ],
+            )
+        },
     ])
 }
 
@@ -236,6 +265,7 @@ pub struct Stack {
     gateway: Option<RunningGateway>,
     sim: Option<RunningSim>,
     sshd: Option<Sshd>,
+    source: Option<crate::figures::Source>,
     agent_bin: PathBuf,
     agent_env: Vec<(String, String)>,
     audit_db: PathBuf,
@@ -264,6 +294,7 @@ impl Stack {
             None => None,
         };
         let sshd = Sshd::start(dir.path())?;
+        let source = crate::figures::Source::start().await?;
         let sim = Sim::start(SimConfig {
             api_key: dynogw::generate_secret(),
             ssh_port: Some(0),
@@ -287,7 +318,7 @@ impl Stack {
                 secret: None,
                 ..Default::default()
             }],
-            connections: connections(&sim, &sshd)?,
+            connections: connections(&sim, &sshd, source.port)?,
             ..GatewayConfig::default()
         })
         .await
@@ -319,6 +350,7 @@ impl Stack {
         let mut stack = Stack {
             dir,
             sshd: Some(sshd),
+            source: Some(source),
             sim: Some(sim),
             gateway: Some(gateway),
             agent: None,
@@ -338,6 +370,19 @@ impl Stack {
 
     pub fn sim(&self) -> anyhow::Result<&RunningSim> {
         self.sim.as_ref().context("the emulator is stopped")
+    }
+
+    /// The port of the tcp figure's byte source.
+    pub fn tcp_source(&self) -> anyhow::Result<u16> {
+        self.source
+            .as_ref()
+            .map(|s| s.port)
+            .context("the byte source is stopped")
+    }
+
+    /// The agent binary (it is also the client: `dynoagent ctl`).
+    pub fn agent_bin(&self) -> &Path {
+        &self.agent_bin
     }
 
     pub fn sshd(&self) -> anyhow::Result<&Sshd> {
@@ -482,6 +527,7 @@ impl Stack {
         if let Some(sim) = self.sim.take() {
             sim.shutdown().await;
         }
+        drop(self.source.take());
         if let Some(sshd) = self.sshd.take() {
             sshd.daemon.stop().await;
         }
