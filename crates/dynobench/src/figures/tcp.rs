@@ -198,8 +198,10 @@ pub async fn throughput(ctx: &mut Ctx<'_>) -> Vec<Row> {
         value: tunnel.runs(),
         anchor: Some(("OpenSSH: ssh -L".into(), openssh.runs())),
         target: None,
+        // The bench process includes the reaped `dynoctl connect` (or `ssh -L`) and the
+        // source; the agent column is 0 for the OpenSSH path.
         note: format!(
-            "{size}{}; OpenSSH{}",
+            "{size}{}; the ssh -L runs{}",
             cpu_note(&cpu_tunnel),
             cpu_note(&cpu_ssh)
         ),
