@@ -135,6 +135,10 @@ pub struct DevStack {
     token_path: PathBuf,
 }
 
+/// The demo app's `web.1`: an HTTP server on its `$PORT`, on loopback, serving its directory
+/// (python3's `http.server`), or idle where python3 is missing.
+pub const WEB_DEMO_COMMAND: &str = "if command -v python3 >/dev/null 2>&1; then exec python3 -m http.server \"$PORT\" --bind 127.0.0.1; else exec sleep infinity; fi";
+
 /// The body the `tcp-demo` service answers every HTTP request with.
 pub const TCP_DEMO_BODY: &str = "hello from the dynoagent dev tcp demo service\n";
 /// The largest request head the demo service reads.
@@ -209,8 +213,15 @@ impl Drop for DemoService {
 
 /// The demo connections: `local` runs on the agent's machine; `heroku-run` and `psexec` reach
 /// the emulator with its API key and the account's SSH key (for Fir) as connection secrets, as
-/// a real deployment would hold them; `tcp-demo` relays to the stack's small HTTP service.
-fn connections(heroku_api_key: &str, ssh_key: &str, demo: SocketAddr) -> Vec<ConnectionDef> {
+/// a real deployment would hold them; `tcp-demo` relays to the stack's small HTTP service, and
+/// `tcp-dyno` to the HTTP server in the demo app's `web.1` (its `$PORT`, through Heroku Exec).
+/// `tcp-dyno` relays to this port inside the demo app's `web.1` (through Heroku Exec).
+fn connections(
+    heroku_api_key: &str,
+    ssh_key: &str,
+    demo: SocketAddr,
+    web_port: Option<u16>,
+) -> Vec<ConnectionDef> {
     let heroku_secrets: BTreeMap<String, String> = [
         (
             "envvar:HEROKU_API_KEY".to_owned(),
@@ -229,6 +240,15 @@ fn connections(heroku_api_key: &str, ssh_key: &str, demo: SocketAddr) -> Vec<Con
         secrets,
         ..Default::default()
     };
+    let mut dyno_secrets = heroku_secrets.clone();
+    dyno_secrets.extend([
+        ("envvar:HEROKU_APP".to_owned(), DEMO_APP.to_owned()),
+        ("envvar:HEROKU_DYNO".to_owned(), "web.1".to_owned()),
+        (
+            "envvar:PORT".to_owned(),
+            web_port.map_or_else(String::new, |p| p.to_string()),
+        ),
+    ]);
     vec![
         conn("local", &["bash"], BTreeMap::new()),
         conn(
@@ -237,6 +257,13 @@ fn connections(heroku_api_key: &str, ssh_key: &str, demo: SocketAddr) -> Vec<Con
             heroku_secrets.clone(),
         ),
         conn("psexec", &["ps-exec.sh"], heroku_secrets),
+        ConnectionDef {
+            name: "tcp-dyno".into(),
+            agent: DEV_AGENT.into(),
+            connection_type: hoop_wire::spec::CONNECTION_TYPE_TCP.into(),
+            secrets: dyno_secrets,
+            ..Default::default()
+        },
         ConnectionDef {
             name: "tcp-demo".into(),
             agent: DEV_AGENT.into(),
@@ -262,6 +289,18 @@ impl DevStack {
             ssh_port: Some(0),
             ..SimConfig::demo()
         };
+        // The demo app's web.1 serves HTTP on its $PORT (loopback) for `tcp-dyno`, when the
+        // machine has python3; otherwise it idles as before (and `tcp-dyno` reports that
+        // nothing listens there).
+        for dyno in sim_config
+            .apps
+            .iter_mut()
+            .filter(|a| a.name == DEMO_APP)
+            .flat_map(|a| a.formation.iter_mut())
+            .filter(|d| d.name == "web.1")
+        {
+            dyno.command = Some(WEB_DEMO_COMMAND.to_owned());
+        }
         sim_config.apps.push(herokusim::AppConfig {
             name: FIR_DEMO_APP.into(),
             generation: herokusim::Generation::Fir,
@@ -313,7 +352,12 @@ impl DevStack {
                 secret: None,
                 ..Default::default()
             }],
-            connections: connections(sim.api_key(), &ssh_key, demo_service.addr),
+            connections: connections(
+                sim.api_key(),
+                &ssh_key,
+                demo_service.addr,
+                sim.dyno_port(DEMO_APP, "web.1"),
+            ),
             ..GatewayConfig::default()
         };
         if let Some(db) = &options.audit_db {
@@ -472,7 +516,7 @@ fn instructions(
     let _ = writeln!(s, "  agent    {DEV_AGENT} (connected)");
     let _ = writeln!(
         s,
-        "  heroku   emulated, apps {DEMO_APP} (dyno web.1) and {FIR_DEMO_APP} (Fir); connections local, heroku-run, psexec, tcp-demo"
+        "  heroku   emulated, apps {DEMO_APP} (dyno web.1) and {FIR_DEMO_APP} (Fir); connections local, heroku-run, psexec, tcp-demo, tcp-dyno"
     );
     let _ = writeln!(s, "  audit    {}", gateway.audit_db().display());
     let _ = writeln!(s);
@@ -519,6 +563,10 @@ fn instructions(
     let _ = writeln!(
         s,
         "  {ctl} connect{flags} tcp-demo --port 8999   # then, elsewhere: curl http://127.0.0.1:8999/"
+    );
+    let _ = writeln!(
+        s,
+        "  {ctl} connect{flags} tcp-dyno --port 8998   # web.1's $PORT: curl http://127.0.0.1:8998/"
     );
     let audit_flag = match &options.audit_db {
         Some(db) => format!(" --audit-db {}", db.display()),

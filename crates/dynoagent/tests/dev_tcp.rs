@@ -1,6 +1,7 @@
 //! Issue 16's "done when" on the development stack: `dynoagent ctl connect tcp-demo` (the
 //! binary's own client) listens on 127.0.0.1 and a plain HTTP request through it reaches the
-//! small service `dynoagent dev` starts, through the gateway and the agent.
+//! small service `dynoagent dev` starts, through the gateway and the agent; `tcp-dyno` reaches
+//! the HTTP server in the emulated demo app's `web.1` the same way, through Heroku Exec.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -26,8 +27,36 @@ async fn the_tcp_demo_connection_relays_an_http_request() {
         "{}",
         stack.instructions()
     );
+    for answer in fetch_through(&stack, "tcp-demo").await {
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        assert!(answer.ends_with(devstack::TCP_DEMO_BODY), "{answer}");
+    }
+
+    // `tcp-dyno`: the same through Heroku Exec, to web.1's $PORT inside the emulated dyno,
+    // where `python3 -m http.server` answers (a test peer, as in tests/tests/tcp.rs).
+    assert!(
+        std::process::Command::new("python3")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "python3 is missing: install it with: sudo apt-get install -y python3"
+    );
+    assert!(
+        stack.instructions().contains(" tcp-dyno --port 8998"),
+        "{}",
+        stack.instructions()
+    );
+    for answer in fetch_through(&stack, "tcp-dyno").await {
+        assert!(answer.starts_with("HTTP/1.0 200 OK"), "{answer}");
+    }
+    stack.shutdown().await;
+}
+
+/// Runs `dynoagent ctl connect CONNECTION --port 0`, sends two HTTP requests through the port
+/// it prints, then stops it with SIGINT (it must exit 0). Returns both answers.
+async fn fetch_through(stack: &devstack::DevStack, connection: &str) -> Vec<String> {
     let mut ctl = tokio::process::Command::new(env!("CARGO_BIN_EXE_dynoagent"))
-        .args(["ctl", "connect", "tcp-demo", "--port", "0"])
+        .args(["ctl", "connect", connection, "--port", "0"])
         .env("DYNOCTL_GATEWAY", stack.gateway_addr().to_string())
         .env("DYNOCTL_TOKEN", stack.client_token())
         .stdin(Stdio::null())
@@ -49,11 +78,12 @@ async fn the_tcp_demo_connection_relays_an_http_request() {
             .find_map(|w| w.strip_prefix("port="))
             .and_then(|p| p.parse::<u16>().ok());
     }
+    let mut answers = Vec::new();
     for _ in 0..2 {
         let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port.unwrap()))
             .await
             .unwrap();
-        sock.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\n\r\n")
+        sock.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
             .await
             .unwrap();
         let mut answer = String::new();
@@ -61,8 +91,7 @@ async fn the_tcp_demo_connection_relays_an_http_request() {
             .await
             .expect("the answer and the close arrived in time")
             .unwrap();
-        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
-        assert!(answer.ends_with(devstack::TCP_DEMO_BODY), "{answer}");
+        answers.push(answer);
     }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(ctl.id().unwrap()).unwrap()),
@@ -73,6 +102,6 @@ async fn the_tcp_demo_connection_relays_an_http_request() {
         .await
         .unwrap()
         .unwrap();
-    assert!(status.success(), "{status:?}");
-    stack.shutdown().await;
+    assert!(status.success(), "{connection}: {status:?}");
+    answers
 }
