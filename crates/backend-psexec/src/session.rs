@@ -137,17 +137,8 @@ async fn setup(
                 (EnablePolicy::Never, false) => false,
                 (EnablePolicy::Never, true) => return Err(PsexecError::EnableNotAllowed),
             };
-            let attach_key = match request
-                .env
-                .connection_text_or_file(backend_run::HEROKU_SSH_KEY_VAR)
-                .filter(|v| !v.trim().is_empty())
-            {
-                None => None,
-                Some(value) => Some(Arc::new(
-                    backend_ssh::load_key(Some(value), backend_run::HEROKU_SSH_KEY_VAR)
-                        .map_err(|e| PsexecError::AttachKey(Box::new(e)))?,
-                )),
-            };
+            let attach_key = backend_run::attach_key(&request.env)
+                .map_err(|e| PsexecError::AttachKey(Box::new(e)))?;
             let plan = ExecPlan {
                 exec,
                 opt_in,

@@ -27,7 +27,7 @@ use futures::future::BoxFuture;
 
 pub use error::RunError;
 use heroku_policy::basename;
-pub use session::{HEROKU_SSH_KEY_VAR, RunConfig};
+pub use session::{HEROKU_SSH_KEY_VAR, RunConfig, attach_key};
 
 /// Whether a connection command belongs to this backend: `heroku run …` (any path to a
 /// `heroku` binary, first argument `run`) or `heroku-run`.

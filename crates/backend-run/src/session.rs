@@ -24,6 +24,24 @@ use crate::ssh_attach;
 /// of key text, or a file path; read from the connection only, never from a client's `-e`.
 pub const HEROKU_SSH_KEY_VAR: &str = "HEROKU_SSH_KEY";
 
+/// The connection's `HEROKU_SSH_KEY` (the account key of the SSH attach path), loaded; `None`
+/// when the connection has none (an empty value counts as none). Read from the connection
+/// only: a client cannot supply it. Shared with psexec on Fir.
+pub fn attach_key(
+    env: &backend::SessionEnv,
+) -> Result<Option<Arc<backend_ssh::PrivateKey>>, backend_ssh::SshError> {
+    match env
+        .connection_text_or_file(HEROKU_SSH_KEY_VAR)
+        .filter(|v| !v.trim().is_empty())
+    {
+        None => Ok(None),
+        Some(value) => Ok(Some(Arc::new(backend_ssh::load_key(
+            Some(value),
+            HEROKU_SSH_KEY_VAR,
+        )?))),
+    }
+}
+
 /// End-of-input byte on the rendezvous protocol (no-tty mode).
 const EOT: u8 = 0x04;
 /// The longest `time_to_live` Heroku accepts, and the default (heroku-protocols.md §2.7).
@@ -108,17 +126,7 @@ async fn session(
     let ttl = time_to_live(&request)?;
     // The account key for the SSH attach path, checked before any dyno exists. Whether it is
     // needed shows in the app lookup (Fir, Shield), and otherwise in the attach URL.
-    let attach_key = match request
-        .env
-        .connection_text_or_file(HEROKU_SSH_KEY_VAR)
-        .filter(|v| !v.trim().is_empty())
-    {
-        None => None,
-        Some(value) => Some(Arc::new(
-            backend_ssh::load_key(Some(value), HEROKU_SSH_KEY_VAR)
-                .map_err(|e| RunError::AttachKey(Box::new(e)))?,
-        )),
-    };
+    let attach_key = attach_key(&request.env).map_err(|e| RunError::AttachKey(Box::new(e)))?;
     let client = HerokuClient::new(config.api.clone(), key)?;
     // Like the CLI: one app lookup for the stack, skipped with --no-launcher; a failure stops
     // the session before any dyno exists.
