@@ -40,6 +40,7 @@ const OUR_CRATES: &[&str] = &[
     "hoop_gob",
     "heroku_api",
     "heroku_policy",
+    "heroku_args",
     "backend",
     "backend_local",
     "backend_run",
