@@ -133,12 +133,16 @@ async fn a_terminal_keeps_echoing_through_a_big_paste() {
         .send(Input::Data(Bytes::from_static(b"the-end\n")))
         .await
         .unwrap();
-    // The terminal echoes the last line and `cat` prints it: both copies arrive only if
-    // output was read while the paste was being written.
-    tokio::time::timeout(SAFETY, s.client.wait_for(b"the-end", 2))
+    // `the-end` reaches the client (as the terminal's echo or as `cat`'s copy) only after the
+    // terminal took the whole paste, which it does only if output was read meanwhile: `cat`
+    // blocks on a full terminal and stops reading. One copy, not two: Linux's line discipline
+    // drops echo bytes while the master's buffer is full (seen: 235 of the 2 MiB of echoed
+    // and printed `y`s, and the echo of `the-end`, lost in 1 run of 30).
+    tokio::time::timeout(SAFETY, s.client.wait_for(b"the-end", 1))
         .await
         .expect("the paste's output never arrived");
-    assert!(s.client.out.lock().unwrap().len() >= 2 << 20);
+    let len = s.client.out.lock().unwrap().len();
+    assert!(len >= 1 << 20, "only {len} bytes of output");
     s.cancel.cancel();
     let status = tokio::time::timeout(SAFETY, s.run).await.unwrap().unwrap();
     assert_eq!(status.code, backend::INTERNAL_EXIT_CODE, "{status:?}");
