@@ -13,10 +13,13 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
+use dynoagent_tests::faults::wait_until;
 use dynoagent_tests::{Tag, TestAgent, WAIT, init_logs};
 use dynoctl::{ClientConfig, ClientError, ExecOutcome, ExecRequest};
 use dynogw::audit::{AuditStore, EventKind};
@@ -24,7 +27,7 @@ use dynogw::{AgentDef, ConnectionDef, Gateway, GatewayConfig, RunningGateway};
 use hoop_wire::pb::Packet;
 use hoop_wire::pb::transport_client::TransportClient;
 use hoop_wire::spec::{key, packet_type as pt};
-use tokio::io::AsyncReadExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
@@ -87,14 +90,19 @@ fn config(dir: &std::path::Path, secret: &str, db_secret: &str, tag: &Tag) -> Ga
 
 /// A gateway with a temporary audit database; with a real agent unless `real_agent` is false.
 async fn start(real_agent: bool) -> Env {
+    start_with(real_agent, Vec::new()).await
+}
+
+/// [`start`], with `extra` connections besides the usual ones.
+async fn start_with(real_agent: bool, extra: Vec<ConnectionDef>) -> Env {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let secret = dynogw::generate_secret();
     let db_secret = format!("hunter2-{}", uuid::Uuid::new_v4());
     let tag = Tag::new();
-    let gw = Gateway::start(config(dir.path(), &secret, &db_secret, &tag))
-        .await
-        .unwrap();
+    let mut cfg = config(dir.path(), &secret, &db_secret, &tag);
+    cfg.connections.extend(extra);
+    let gw = Gateway::start(cfg).await.unwrap();
     let agent = if real_agent {
         let agent = TestAgent::start(&dynogw::agent_dsn(AGENT, &secret, gw.addr()), &[]);
         assert!(
@@ -733,5 +741,112 @@ async fn fifty_concurrent_sessions() {
     let sessions = env.store().list_sessions().unwrap();
     assert_eq!(sessions.len(), 50);
     assert!(sessions.iter().all(|s| s.status == "done"));
+    env.finish().await;
+}
+
+/// An upstream for the relay test: each connection sends one line. `flood` gets an endless
+/// stream back (at most 1 GiB, until the write fails), counted in `flooded`; any other line is
+/// reported on `seen`.
+async fn flood_upstream(flooded: Arc<AtomicU64>) -> (SocketAddr, mpsc::UnboundedReceiver<Vec<u8>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen_tx, seen) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for _ in 0..16 {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let (flooded, seen_tx) = (flooded.clone(), seen_tx.clone());
+            tokio::spawn(async move {
+                let mut line = Vec::new();
+                while !line.ends_with(b"\n") && line.len() < 64 {
+                    let mut byte = [0u8; 1];
+                    match socket.read(&mut byte).await {
+                        Ok(1) => line.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                if line == b"flood\n" {
+                    let chunk = vec![b'f'; 64 * 1024];
+                    for _ in 0..16 * 1024 {
+                        if socket.write_all(&chunk).await.is_err() {
+                            return;
+                        }
+                        flooded.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                    }
+                } else {
+                    let _ = seen_tx.send(line);
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// STYLE 16 in the gateway's relay: a client that stops reading its output (a slow terminal,
+/// a local socket nobody reads) must still reach the agent with what it sends. Here one local
+/// connection of a `tcp` session floods and is never read, which fills every buffer back to the
+/// gateway; a second connection of the same session must still get its line to its upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_output_still_reaches_the_agent() {
+    let flooded = Arc::new(AtomicU64::new(0));
+    let (upstream, mut seen) = flood_upstream(flooded.clone()).await;
+    let tcp = ConnectionDef {
+        name: "flood".into(),
+        agent: AGENT.into(),
+        connection_type: hoop_wire::spec::CONNECTION_TYPE_TCP.into(),
+        secrets: BTreeMap::from([
+            ("envvar:HOST".to_owned(), upstream.ip().to_string()),
+            ("envvar:PORT".to_owned(), upstream.port().to_string()),
+        ]),
+        ..Default::default()
+    };
+    let env = start_with(true, vec![tcp]).await;
+    let client = env.client();
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    let ctl = tokio::spawn(async move {
+        dynoctl::terminal::connect(
+            &client,
+            "flood",
+            &[],
+            &BTreeMap::new(),
+            dynoctl::terminal::FirstPacket::Newline,
+            0,
+            move |addr| {
+                let _ = ready_tx.send(addr);
+            },
+        )
+        .await
+    });
+    let local = tokio::time::timeout(WAIT, ready).await.unwrap().unwrap();
+
+    // A asks for the flood and never reads (a small receive buffer, so it fills early).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut a = socket.connect(local).await.unwrap();
+    a.write_all(b"flood\n").await.unwrap();
+    // Wait for the flood to stop: every buffer from A back to the upstream is full (about
+    // 17 MiB here), so the gateway cannot hand the client anything more. This only decides
+    // *when* the test looks; what it checks does not depend on timing: the line below must
+    // arrive whatever the state of the flood.
+    let (mut last, mut still) = (0, 0);
+    wait_until("the flood to fill every buffer and stop", WAIT, || {
+        let now = flooded.load(Ordering::SeqCst);
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+        now >= 8 << 20 && still >= 5
+    })
+    .await;
+
+    let mut b = tokio::net::TcpStream::connect(local).await.unwrap();
+    b.write_all(b"ping\n").await.unwrap();
+    let line = tokio::time::timeout(WAIT, seen.recv())
+        .await
+        .expect("the second connection's line reached its upstream while the first was stalled")
+        .unwrap();
+    assert_eq!(line, b"ping\n");
+
+    ctl.abort();
+    drop((a, b));
     env.finish().await;
 }

@@ -259,7 +259,17 @@ async fn run_connect(
     env: BTreeMap<String, String>,
     (first, port): (crate::terminal::FirstPacket, u16),
 ) -> ExitCode {
-    match crate::terminal::connect(&config, &connection, &args, &env, first, port).await {
+    let ready = |addr: std::net::SocketAddr| {
+        #[allow(clippy::print_stdout)]
+        {
+            println!(
+                "host={} port={}\nready to accept connections!",
+                addr.ip(),
+                addr.port()
+            );
+        }
+    };
+    match crate::terminal::connect(&config, &connection, &args, &env, first, port, ready).await {
         Ok(outcome) => {
             // The terminal is already restored here.
             if !outcome.message.is_empty() {

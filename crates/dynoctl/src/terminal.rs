@@ -102,7 +102,8 @@ pub enum FirstPacket {
 }
 
 /// Opens an interactive session on `connection` through this process's terminal; on a `tcp`
-/// connection, relays local connections on `127.0.0.1:tcp_port` instead (no terminal needed).
+/// connection, relays local connections on `127.0.0.1:tcp_port` instead (no terminal needed)
+/// and calls `tcp_ready` with the address once it listens.
 pub async fn connect(
     config: &ClientConfig,
     connection: &str,
@@ -110,6 +111,7 @@ pub async fn connect(
     env: &BTreeMap<String, String>,
     first: FirstPacket,
     tcp_port: u16,
+    tcp_ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<TerminalOutcome, ClientError> {
     let mut stream = stream::open(config, "connect", connection).await?;
     let mut open = stream::packet(pt::AGENT_SESSION_OPEN, Bytes::new());
@@ -131,17 +133,7 @@ pub async fn connect(
                     .map(|s| String::from_utf8_lossy(s).into_owned());
                 let kind = p.spec.get(key::CONNECTION_TYPE).map(|t| t.as_ref());
                 if kind == Some(hoop_wire::spec::CONNECTION_TYPE_TCP.as_bytes()) {
-                    return crate::tcp::relay(&mut stream, sid, tcp_port, |addr| {
-                        #[allow(clippy::print_stdout)]
-                        {
-                            println!(
-                                "host={} port={}\nready to accept connections!",
-                                addr.ip(),
-                                addr.port()
-                            );
-                        }
-                    })
-                    .await;
+                    return crate::tcp::relay(&mut stream, sid, tcp_port, tcp_ready).await;
                 }
                 if !stdin_is_tty() {
                     let _ = stream

@@ -1,6 +1,7 @@
 //! One task per client stream: the session it carries, from the client's `AgentSessionOpen`
-//! to exactly one end. The task owns the session's state (its agent link, its audit clock) and
-//! `select!`s over the client's packets, the agent's packets and the gateway's shutdown.
+//! to exactly one end. The task owns the session's state (its agent link, its audit clock);
+//! while relaying, each direction is its own future and the task `select!`s over their ends
+//! and the gateway's shutdown, so a side that stops reading stalls only what flows to it.
 //!
 //! Flow (hoop-gateway-protocol.md §3.2-3.5): wait for the client's `AgentSessionOpen`; record
 //! the session; wait up to `offline_wait` for the connection's agent (else
@@ -29,7 +30,7 @@ use tokio::time::Instant;
 use tonic::{Status, Streaming};
 use tracing::Instrument as _;
 
-use crate::audit::{AuditSink, EventKind, NewSession, unix_now};
+use crate::audit::{AuditSink, EventKind, NewSession, WriterGone, unix_now};
 use crate::auth::ClientRequest;
 use crate::config::ConnectionDef;
 use crate::server::{AgentLink, FromAgent, Hub};
@@ -128,18 +129,39 @@ struct Recorder {
     failed: bool,
 }
 
-impl Recorder {
-    async fn event(&mut self, kind: EventKind, data: Bytes) {
-        if self.failed || data.is_empty() {
-            return;
+/// The event-writing part of a [`Recorder`], one per relay direction.
+#[derive(Clone)]
+struct EventLog {
+    sink: AuditSink,
+    id: Arc<str>,
+    started: Instant,
+}
+
+impl EventLog {
+    /// Queues one event (empty data is not recorded); waits while the audit queue is full.
+    async fn event(&self, kind: EventKind, data: Bytes) -> Result<(), WriterGone> {
+        if data.is_empty() {
+            return Ok(());
         }
         let elapsed = self.started.elapsed().as_secs_f64();
-        if self
-            .sink
-            .event(&self.id, elapsed, kind, data)
-            .await
-            .is_err()
-        {
+        self.sink.event(&self.id, elapsed, kind, data).await
+    }
+}
+
+impl Recorder {
+    fn log(&self) -> EventLog {
+        EventLog {
+            sink: self.sink.clone(),
+            id: Arc::from(self.id.as_str()),
+            started: self.started,
+        }
+    }
+
+    async fn event(&mut self, kind: EventKind, data: Bytes) {
+        if self.failed {
+            return;
+        }
+        if self.log().event(kind, data).await.is_err() {
             self.gone();
         }
     }
@@ -173,6 +195,102 @@ impl Recorder {
     fn gone(&mut self) {
         self.failed = true;
         tracing::warn!("audit writer stopped; this session is no longer recorded");
+    }
+}
+
+/// The agent-to-client half of [`Session::relay`]: audits output, adds the agent's version to
+/// `ClientSessionOpenOK`, and returns at the agent's close (after every packet before it).
+async fn agent_to_client(
+    mut from_agent: mpsc::Receiver<FromAgent>,
+    to_client: mpsc::Sender<Result<Packet, Status>>,
+    log: Option<EventLog>,
+    agent_version: String,
+) -> End {
+    loop {
+        let Some(FromAgent {
+            mut packet,
+            decoded,
+        }) = from_agent.recv().await
+        else {
+            return End::AgentGone;
+        };
+        match decoded {
+            ClientPacket::SessionClose {
+                exit_code, message, ..
+            } => {
+                return End::AgentClosed {
+                    // hoop: an unparsable code becomes 254.
+                    exit_code: exit_code.unwrap_or(INTERNAL_EXIT_CODE),
+                    message,
+                    packet,
+                };
+            }
+            ClientPacket::Stdout { data, .. } | ClientPacket::Stderr { data, .. } => {
+                if let Some(log) = &log
+                    && log.event(EventKind::Output, data).await.is_err()
+                {
+                    return End::AuditFailed;
+                }
+            }
+            ClientPacket::SessionOpenOk { .. } => {
+                packet.spec.insert(
+                    key::AGENT_VERSION.into(),
+                    Bytes::from(agent_version.clone()),
+                );
+            }
+            // hoop does not record `ClientTCPConnectionWrite` (§3.7, Audit).
+            ClientPacket::TcpWrite { .. } | ClientPacket::TcpClose { .. } => {}
+            ClientPacket::KeepAlive | ClientPacket::SysResponse { .. } => continue,
+        }
+        if to_client.send(Ok(packet)).await.is_err() {
+            return End::ClientGone;
+        }
+    }
+}
+
+/// The client-to-agent half of [`Session::relay`]: audits input, sets the session id on every
+/// packet, and returns when the client leaves or closes.
+async fn client_to_agent(
+    inbound: &mut Streaming<Packet>,
+    to_agent: mpsc::Sender<Result<Packet, Status>>,
+    log: Option<EventLog>,
+    sid: &SessionId,
+) -> End {
+    loop {
+        let mut packet = match inbound.message().await {
+            Ok(Some(p)) => p,
+            Ok(None) | Err(_) => return End::ClientGone,
+        };
+        if is_keepalive(&packet) {
+            continue;
+        }
+        match packet.r#type.as_str() {
+            pt::AGENT_SESSION_OPEN => {
+                tracing::debug!("second AgentSessionOpen on one stream ignored");
+                continue;
+            }
+            pt::AGENT_EXEC_WRITE_STDIN
+            | pt::AGENT_TERMINAL_WRITE_STDIN
+            | pt::AGENT_TCP_CONNECTION_WRITE => {
+                if let Some(log) = &log
+                    && log
+                        .event(EventKind::Input, packet.payload.clone())
+                        .await
+                        .is_err()
+                {
+                    return End::AuditFailed;
+                }
+            }
+            _ => {}
+        }
+        let client_closed = packet.r#type == pt::AGENT_SESSION_CLOSE;
+        set_sid(&mut packet, sid);
+        if to_agent.send(Ok(packet)).await.is_err() {
+            return End::AgentGone;
+        }
+        if client_closed {
+            return End::ClientClosed;
+        }
     }
 }
 
@@ -300,12 +418,6 @@ impl Session {
         });
     }
 
-    async fn record(&mut self, kind: EventKind, data: Bytes) {
-        if let Some(r) = self.recorder.as_mut() {
-            r.event(kind, data).await;
-        }
-    }
-
     async fn record_close(&mut self, exit_code: i32, error: Option<&[u8]>) {
         if let Some(r) = self.recorder.as_mut() {
             r.close(exit_code, error).await;
@@ -411,76 +523,31 @@ impl Session {
     }
 
     /// Phase 3: relay until the session ends.
-    async fn relay(&mut self, link: &AgentLink, mut from_agent: mpsc::Receiver<FromAgent>) -> End {
+    ///
+    /// Each direction is its own future and this `select!` only observes which one ends first
+    /// (STYLE 16): a client that stops reading its output stalls the agent-to-client direction
+    /// alone, and its own packets (input, tcp writes, its close) still reach the agent; an agent
+    /// that stops reading likewise never holds up the output.
+    async fn relay(&mut self, link: &AgentLink, from_agent: mpsc::Receiver<FromAgent>) -> End {
+        let log = match self.recorder.as_ref() {
+            Some(r) if r.failed => return End::AuditFailed,
+            Some(r) => Some(r.log()),
+            None => None,
+        };
         let audit = self.hub.audit.clone();
-        loop {
-            if self.recorder.as_ref().is_some_and(|r| r.failed) {
-                return End::AuditFailed;
-            }
-            tokio::select! {
-                biased;
-                () = self.hub.shutdown.cancelled() => return End::Shutdown,
-                () = audit.failed() => return End::AuditFailed,
-                p = from_agent.recv() => {
-                    let Some(FromAgent { mut packet, decoded }) = p else {
-                        return End::AgentGone;
-                    };
-                    match decoded {
-                        ClientPacket::SessionClose { exit_code, message, .. } => {
-                            return End::AgentClosed {
-                                // hoop: an unparsable code becomes 254.
-                                exit_code: exit_code.unwrap_or(INTERNAL_EXIT_CODE),
-                                message,
-                                packet,
-                            };
-                        }
-                        ClientPacket::Stdout { data, .. } | ClientPacket::Stderr { data, .. } => {
-                            self.record(EventKind::Output, data).await;
-                        }
-                        ClientPacket::SessionOpenOk { .. } => {
-                            packet.spec.insert(
-                                key::AGENT_VERSION.into(),
-                                Bytes::from(link.version.clone()),
-                            );
-                        }
-                        // hoop does not record `ClientTCPConnectionWrite` (§3.7, Audit).
-                        ClientPacket::TcpWrite { .. } | ClientPacket::TcpClose { .. } => {}
-                        ClientPacket::KeepAlive | ClientPacket::SysResponse { .. } => continue,
-                    }
-                    if self.to_client.send(Ok(packet)).await.is_err() {
-                        return End::ClientGone;
-                    }
-                }
-                m = self.inbound.message() => {
-                    let mut packet = match m {
-                        Ok(Some(p)) => p,
-                        Ok(None) | Err(_) => return End::ClientGone,
-                    };
-                    if is_keepalive(&packet) {
-                        continue;
-                    }
-                    match packet.r#type.as_str() {
-                        pt::AGENT_SESSION_OPEN => {
-                            tracing::debug!("second AgentSessionOpen on one stream ignored");
-                            continue;
-                        }
-                        pt::AGENT_EXEC_WRITE_STDIN
-                        | pt::AGENT_TERMINAL_WRITE_STDIN
-                        | pt::AGENT_TCP_CONNECTION_WRITE => {
-                            self.record(EventKind::Input, packet.payload.clone()).await;
-                        }
-                        _ => {}
-                    }
-                    let client_closed = packet.r#type == pt::AGENT_SESSION_CLOSE;
-                    set_sid(&mut packet, &self.sid);
-                    if link.tx.send(Ok(packet)).await.is_err() {
-                        return End::AgentGone;
-                    }
-                    if client_closed {
-                        return End::ClientClosed;
-                    }
-                }
-            }
+        let to_client = agent_to_client(
+            from_agent,
+            self.to_client.clone(),
+            log.clone(),
+            link.version.clone(),
+        );
+        let to_agent = client_to_agent(&mut self.inbound, link.tx.clone(), log, &self.sid);
+        tokio::select! {
+            biased;
+            () = self.hub.shutdown.cancelled() => End::Shutdown,
+            () = audit.failed() => End::AuditFailed,
+            end = to_client => end,
+            end = to_agent => end,
         }
     }
 
