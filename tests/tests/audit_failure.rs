@@ -14,7 +14,32 @@ const AGENT: &str = "audit-fail";
 const TOKEN: &str = "audit-fail-token";
 
 #[tokio::test]
-async fn an_audit_write_failure_closes_the_session() {
+async fn a_database_write_failure_closes_the_session() {
+    // Every later transaction (the session's row) fails.
+    closes_the_session_when(|db| {
+        rusqlite::Connection::open(db)
+            .unwrap()
+            .execute_batch("DROP TABLE sessions")
+            .unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_event_file_write_failure_closes_the_session() {
+    // The event files' directory is gone, and a plain file stands in its way.
+    closes_the_session_when(|db| {
+        let events = db.with_file_name("audit.db.events");
+        std::fs::remove_dir_all(&events).unwrap();
+        std::fs::write(&events, b"").unwrap();
+    })
+    .await;
+}
+
+/// Starts a gateway and an agent, breaks the audit store with `break_store` (given the
+/// database path), and checks that a session that would otherwise run for ever is closed with
+/// the audit failure's text and leaves no process behind.
+async fn closes_the_session_when(break_store: impl FnOnce(&std::path::Path)) {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let secret = dynogw::generate_secret();
@@ -48,11 +73,7 @@ async fn an_audit_write_failure_closes_the_session() {
         "agent did not connect"
     );
 
-    // The store breaks: every later batch (the session's open and events) fails.
-    rusqlite::Connection::open(&db)
-        .unwrap()
-        .execute_batch("DROP TABLE events")
-        .unwrap();
+    break_store(&db);
 
     // A session that would run for ever unless something closes it.
     let client = ClientConfig::new(format!("http://{}", gw.addr()), TOKEN);

@@ -500,16 +500,11 @@ impl Stack {
     }
 
     /// Deletes the audit events recorded so far (output is audited byte for byte; without
-    /// this, the database would grow by the whole stream on every run). Not timed.
+    /// this, the event files would grow by the whole stream on every run). Not timed.
     pub async fn clear_audit(&self) -> anyhow::Result<()> {
         let db = self.audit_db.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            let conn = rusqlite::Connection::open(&db)?;
-            conn.busy_timeout(Duration::from_secs(30))?;
-            conn.execute_batch("DELETE FROM events; DELETE FROM sessions WHERE status = 'done';")?;
-            // Move the WAL's pages into the main file and truncate the WAL, so that the next run
-            // reuses the freed pages instead of growing the files.
-            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            dynogw::audit::AuditStore::open(&db)?.purge_done()?;
             Ok(())
         })
         .await??;
