@@ -503,7 +503,7 @@ pub async fn throughput(ctx: &mut Ctx<'_>, paths: Paths) -> Vec<Row> {
             &ssh,
             "OpenSSH: ssh 127.0.0.1",
             &openssh,
-            None,
+            Some(Target::RatioAtLeast(1.0)),
             &cpu_ssh,
         ));
     }
@@ -513,7 +513,7 @@ pub async fn throughput(ctx: &mut Ctx<'_>, paths: Paths) -> Vec<Row> {
             &run,
             "real `heroku run` CLI, same emulator",
             &cli_runs,
-            None,
+            Some(Target::RatioAtLeast(1.5)),
             &cpu_run,
         ));
     }
@@ -523,8 +523,83 @@ pub async fn throughput(ctx: &mut Ctx<'_>, paths: Paths) -> Vec<Row> {
             &psexec,
             "OpenSSH: ssh 127.0.0.1",
             &openssh,
-            None,
+            Some(Target::RatioAtLeast(1.0)),
             &cpu_psexec,
+        ));
+    }
+    // Issue 17's CPU targets. CPU seconds per GiB differ about 2x between VMs for every
+    // process (docs/performance.md), so each figure is read against OpenSSH's whole path
+    // (ssh + sshd + head) in the same run; the limit is half the ratio of the first run on
+    // this VM type (2026-12-02, before issue 17's changes).
+    let openssh_cpu = if openssh.active() {
+        Ok(cpu_openssh.clone())
+    } else {
+        openssh.runs()
+    };
+    let cpu_row = |figure: &str,
+                   series: &Series,
+                   cpu: &[CpuSnap],
+                   pick: fn(&CpuSnap) -> f64,
+                   before: f64| Row {
+        figure: figure.into(),
+        unit: Unit::SecPerGiB,
+        value: if series.active() {
+            Ok(cpu.iter().map(pick).collect())
+        } else {
+            series.runs()
+        },
+        anchor: Some((
+            "OpenSSH path: ssh + sshd + head".into(),
+            openssh_cpu.clone(),
+        )),
+        target: Some(Target::RatioAtMost(before / 2.0)),
+        note: format!(
+            "2026-12-02 (before issue 17): {before:.3}x the OpenSSH path's CPU; the target is half of that"
+        ),
+    };
+    let agent = |c: &CpuSnap| c.agent;
+    let gateway_and_client = |c: &CpuSnap| c.bench;
+    if paths.local {
+        rows.push(cpu_row(
+            "CPU per GiB: agent, local path",
+            &local,
+            &cpu_local,
+            agent,
+            1.86 / 7.29,
+        ));
+        rows.push(cpu_row(
+            "CPU per GiB: gateway + client, local path",
+            &local,
+            &cpu_local,
+            gateway_and_client,
+            6.02 / 7.29,
+        ));
+    }
+    if paths.ssh {
+        rows.push(cpu_row(
+            "CPU per GiB: agent, ssh backend",
+            &ssh,
+            &cpu_ssh,
+            agent,
+            2.47 / 7.29,
+        ));
+    }
+    if paths.run {
+        rows.push(cpu_row(
+            "CPU per GiB: agent, run backend",
+            &run,
+            &cpu_run,
+            agent,
+            3.13 / 7.29,
+        ));
+    }
+    if paths.psexec {
+        rows.push(cpu_row(
+            "CPU per GiB: agent, psexec --pipe",
+            &psexec,
+            &cpu_psexec,
+            agent,
+            2.59 / 7.29,
         ));
     }
     rows

@@ -36,6 +36,8 @@ pub enum Target {
     RatioAtLeast(f64),
     /// value ≤ this (in the row's unit).
     AtMost(f64),
+    /// value / anchor ≤ this.
+    RatioAtMost(f64),
 }
 
 /// Every run of one measurement, or why it could not be measured.
@@ -105,6 +107,11 @@ impl Row {
                 Some(_) => "MISS",
                 None => "ERR",
             },
+            Target::RatioAtMost(max) => match self.ratio() {
+                Some(r) if r <= max => "PASS",
+                Some(_) => "MISS",
+                None => "ERR",
+            },
         }
     }
 
@@ -113,6 +120,7 @@ impl Row {
             None => "-".into(),
             Some(Target::RatioAtLeast(r)) => format!(">= {r}x anchor"),
             Some(Target::AtMost(v)) => format!("<= {}", self.unit.format(v)),
+            Some(Target::RatioAtMost(r)) => format!("<= {r:.3}x anchor"),
         }
     }
 }
@@ -210,5 +218,48 @@ mod tests {
         assert_eq!(percentile(&v, 50.0), Some(100.0));
         assert_eq!(percentile(&v, 99.0), Some(198.0));
         assert_eq!(percentile(&[7.0], 99.0), Some(7.0));
+    }
+
+    #[test]
+    fn each_target_compares_the_medians_the_right_way() {
+        let row = |value: Vec<f64>, anchor: Vec<f64>, target| Row {
+            figure: "f".into(),
+            unit: Unit::SecPerGiB,
+            value: Ok(value),
+            anchor: Some(("a".into(), Ok(anchor))),
+            target: Some(target),
+            note: String::new(),
+        };
+        // Ratio 0.5 (medians 1 and 2).
+        let (v, a) = (vec![1.0, 9.0, 0.5], vec![2.0, 2.0, 2.0]);
+        assert_eq!(
+            row(v.clone(), a.clone(), Target::RatioAtMost(0.5)).result(),
+            "PASS"
+        );
+        assert_eq!(
+            row(v.clone(), a.clone(), Target::RatioAtMost(0.4)).result(),
+            "MISS"
+        );
+        assert_eq!(
+            row(v.clone(), a.clone(), Target::RatioAtLeast(0.5)).result(),
+            "PASS"
+        );
+        assert_eq!(
+            row(v.clone(), a.clone(), Target::RatioAtLeast(0.6)).result(),
+            "MISS"
+        );
+        assert_eq!(
+            row(v.clone(), a.clone(), Target::AtMost(1.0)).result(),
+            "PASS"
+        );
+        assert_eq!(row(v, a, Target::AtMost(0.9)).result(), "MISS");
+        assert_eq!(
+            row(vec![1.0], vec![], Target::RatioAtMost(1.0)).result(),
+            "ERR"
+        );
+        assert_eq!(
+            row(vec![1.0], vec![1.0], Target::RatioAtMost(0.1275)).target_text(),
+            "<= 0.128x anchor"
+        );
     }
 }
