@@ -81,10 +81,10 @@ fn scan(input: &[u8], reads: &[usize]) -> (Vec<u8>, Option<i32>) {
     let mut pos = 0;
     for &len in reads {
         let end = (pos + len).min(input.len());
-        out.extend_from_slice(&s.feed(&input[pos..end]));
+        out.extend_from_slice(&s.feed(bytes::Bytes::copy_from_slice(&input[pos..end])));
         pos = end;
     }
-    out.extend_from_slice(&s.feed(&input[pos..]));
+    out.extend_from_slice(&s.feed(bytes::Bytes::copy_from_slice(&input[pos..])));
     out.extend_from_slice(&s.finish());
     (out, s.status())
 }

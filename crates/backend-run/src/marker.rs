@@ -31,7 +31,7 @@ impl MarkerFilter {
 }
 
 impl backend_ssh::StdoutFilter for MarkerFilter {
-    fn feed(&mut self, chunk: &[u8]) -> Bytes {
+    fn feed(&mut self, chunk: Bytes) -> Bytes {
         self.0.feed(chunk)
     }
     fn finish(&mut self) -> Bytes {

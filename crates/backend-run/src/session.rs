@@ -383,7 +383,7 @@ async fn attach(
     };
     let (mut reader, writer) = tokio::io::split(rv.stream);
     let mut scanner = MarkerScanner::new(nonce);
-    let first = scanner.feed(&rv.leftover);
+    let first = scanner.feed(rv.leftover.clone());
     if !first.is_empty() && stdout.write(first).await.is_err() {
         return Err(RunError::Closed);
     }
@@ -439,7 +439,7 @@ async fn attach(
             match read {
                 Ok(0) => return End::Clean,
                 Ok(_) => {
-                    let out = scanner.feed(&buf.split());
+                    let out = scanner.feed(buf.split().freeze());
                     if scanner.status().is_some() && marker_deadline.is_none() {
                         marker_deadline =
                             Some(tokio::time::Instant::now() + config.drain_after_marker);

@@ -359,7 +359,7 @@ impl ChannelSpec {
 /// backend's exit marker), which may also know the command's exit code.
 pub trait StdoutFilter: Send {
     /// The bytes to forward for `chunk` (possibly fewer, held back across calls).
-    fn feed(&mut self, chunk: &[u8]) -> Bytes;
+    fn feed(&mut self, chunk: Bytes) -> Bytes;
     /// Whatever is still held back once the channel has ended.
     fn finish(&mut self) -> Bytes;
     /// An exit code found in the output; it takes precedence over the channel's own.
@@ -370,8 +370,8 @@ pub trait StdoutFilter: Send {
 struct Unfiltered;
 
 impl StdoutFilter for Unfiltered {
-    fn feed(&mut self, chunk: &[u8]) -> Bytes {
-        Bytes::copy_from_slice(chunk)
+    fn feed(&mut self, chunk: Bytes) -> Bytes {
+        chunk
     }
     fn finish(&mut self) -> Bytes {
         Bytes::new()
@@ -538,7 +538,7 @@ impl Connection {
                         let (sink, data) = if is_stderr {
                             (&stderr, data)
                         } else {
-                            (&stdout, filter.feed(&data))
+                            (&stdout, filter.feed(data))
                         };
                         if !data.is_empty() && sink.write(data).await.is_err() {
                             return ChannelEnd::ClientGone;

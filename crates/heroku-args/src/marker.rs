@@ -11,8 +11,13 @@
 //! line start: a command whose output does not end in a newline (`printf abc`, binary data)
 //! puts the marker mid-line, and the nonce keeps user output from matching by accident. The
 //! last marker wins.
+//!
+//! Every output byte of a run session goes through [`MarkerScanner::feed`], so its common case
+//! is cheap: a SIMD substring search (`memchr::memmem`) over the chunk, and the chunk itself
+//! handed back (no copy) when it holds no marker and does not end in a marker's first bytes.
 
 use bytes::{Bytes, BytesMut};
+use memchr::memmem;
 
 /// More digits than any exit status has; a longer run is not a marker.
 const MAX_DIGITS: usize = 10;
@@ -34,6 +39,7 @@ pub fn new_nonce() -> String {
 #[derive(Debug)]
 pub struct MarkerScanner {
     prefix: Vec<u8>,
+    finder: memmem::Finder<'static>,
     pending: Vec<u8>,
     status: Option<i32>,
 }
@@ -50,8 +56,10 @@ enum Tail {
 impl MarkerScanner {
     /// A scanner for the marker with `nonce`.
     pub fn new(nonce: &str) -> MarkerScanner {
+        let prefix = format!("\u{FFFF} heroku-command-exit-status {nonce}: ").into_bytes();
         MarkerScanner {
-            prefix: format!("\u{FFFF} heroku-command-exit-status {nonce}: ").into_bytes(),
+            finder: memmem::Finder::new(&prefix).into_owned(),
+            prefix,
             pending: Vec::new(),
             status: None,
         }
@@ -62,15 +70,24 @@ impl MarkerScanner {
         self.status
     }
 
-    /// Feeds one chunk; returns the bytes to forward now.
-    pub fn feed(&mut self, chunk: &[u8]) -> Bytes {
+    /// Feeds one chunk; returns the bytes to forward now (`chunk` itself, uncopied, when it
+    /// holds nothing of a marker).
+    pub fn feed(&mut self, chunk: Bytes) -> Bytes {
+        if self.pending.is_empty() && self.finder.find(&chunk).is_none() {
+            let hold = partial_suffix(&chunk, &self.prefix);
+            if hold == 0 {
+                return chunk;
+            }
+            self.pending = chunk.get(chunk.len() - hold..).unwrap_or_default().to_vec();
+            return chunk.slice(..chunk.len() - hold);
+        }
         let mut data = std::mem::take(&mut self.pending);
-        data.extend_from_slice(chunk);
+        data.extend_from_slice(&chunk);
         let mut out = BytesMut::with_capacity(data.len());
         let mut pos = 0;
         loop {
             let rest = data.get(pos..).unwrap_or_default();
-            match find(rest, &self.prefix) {
+            match self.finder.find(rest) {
                 Some(i) => {
                     out.extend_from_slice(rest.get(..i).unwrap_or_default());
                     let at = pos + i;
@@ -147,23 +164,6 @@ impl MarkerScanner {
     }
 }
 
-/// The first index of `needle` in `hay`.
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    let first = *needle.first()?;
-    let mut from = 0;
-    while let Some(off) = hay.get(from..)?.iter().position(|&b| b == first) {
-        let i = from + off;
-        if hay.get(i..i + needle.len()) == Some(needle) {
-            return Some(i);
-        }
-        if hay.len() - i < needle.len() {
-            return None;
-        }
-        from = i + 1;
-    }
-    None
-}
-
 /// The length of the longest suffix of `hay` that is a proper prefix of `needle`.
 fn partial_suffix(hay: &[u8], needle: &[u8]) -> usize {
     let max = hay.len().min(needle.len().saturating_sub(1));
@@ -195,14 +195,33 @@ mod tests {
             for b in a..=input.len() {
                 let mut s = MarkerScanner::new(NONCE);
                 let mut out = Vec::new();
-                out.extend_from_slice(&s.feed(&input[..a]));
-                out.extend_from_slice(&s.feed(&input[a..b]));
-                out.extend_from_slice(&s.feed(&input[b..]));
+                for part in [&input[..a], &input[a..b], &input[b..]] {
+                    out.extend_from_slice(&s.feed(Bytes::copy_from_slice(part)));
+                }
                 out.extend_from_slice(&s.finish());
                 assert_eq!(out, want_out, "split at {a},{b}");
                 assert_eq!(s.status(), want_status, "split at {a},{b}");
             }
         }
+    }
+
+    #[test]
+    fn a_chunk_without_a_marker_is_handed_back_uncopied() {
+        let mut s = MarkerScanner::new(NONCE);
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let out = s.feed(chunk.clone());
+        assert_eq!(out.as_ptr(), chunk.as_ptr());
+        assert_eq!(out.len(), chunk.len());
+        // A chunk that ends in a marker's first bytes is handed back short of them, still
+        // uncopied; they come out with the next chunk.
+        let mut split = b"abc".to_vec();
+        split.extend_from_slice(&marker(0, false)[..4]);
+        let chunk = Bytes::from(split);
+        let out = s.feed(chunk.clone());
+        assert_eq!((out.as_ptr(), &out[..]), (chunk.as_ptr(), &b"abc"[..]));
+        let out = s.feed(Bytes::from_static(b"no marker after all"));
+        assert_eq!(&out[..4], &marker(0, false)[..4]);
+        assert_eq!(s.status(), None);
     }
 
     #[test]
