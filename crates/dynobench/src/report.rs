@@ -232,27 +232,20 @@ mod tests {
         };
         // Ratio 0.5 (medians 1 and 2).
         let (v, a) = (vec![1.0, 9.0, 0.5], vec![2.0, 2.0, 2.0]);
-        assert_eq!(
-            row(v.clone(), a.clone(), Target::RatioAtMost(0.5)).result(),
-            "PASS"
-        );
-        assert_eq!(
-            row(v.clone(), a.clone(), Target::RatioAtMost(0.4)).result(),
-            "MISS"
-        );
-        assert_eq!(
-            row(v.clone(), a.clone(), Target::RatioAtLeast(0.5)).result(),
-            "PASS"
-        );
-        assert_eq!(
-            row(v.clone(), a.clone(), Target::RatioAtLeast(0.6)).result(),
-            "MISS"
-        );
-        assert_eq!(
-            row(v.clone(), a.clone(), Target::AtMost(1.0)).result(),
-            "PASS"
-        );
-        assert_eq!(row(v, a, Target::AtMost(0.9)).result(), "MISS");
+        for (target, want) in [
+            (Target::RatioAtMost(0.5), "PASS"),
+            (Target::RatioAtMost(0.4), "MISS"),
+            (Target::RatioAtLeast(0.5), "PASS"),
+            (Target::RatioAtLeast(0.6), "MISS"),
+            (Target::AtMost(1.0), "PASS"),
+            (Target::AtMost(0.9), "MISS"),
+        ] {
+            assert_eq!(
+                row(v.clone(), a.clone(), target).result(),
+                want,
+                "{target:?}"
+            );
+        }
         assert_eq!(
             row(vec![1.0], vec![], Target::RatioAtMost(1.0)).result(),
             "ERR"

@@ -123,13 +123,12 @@ impl Drop for Attached {
 /// Records one session's audit trail. A stopped writer is logged once and then ignored: the
 /// session itself goes on.
 struct Recorder {
-    sink: AuditSink,
-    id: String,
-    started: Instant,
+    log: EventLog,
     failed: bool,
 }
 
-/// The event-writing part of a [`Recorder`], one per relay direction.
+/// Where a session's events go: the writer, the session id and its start. The recorder holds
+/// one; each relay direction gets a clone.
 #[derive(Clone)]
 struct EventLog {
     sink: AuditSink,
@@ -149,19 +148,11 @@ impl EventLog {
 }
 
 impl Recorder {
-    fn log(&self) -> EventLog {
-        EventLog {
-            sink: self.sink.clone(),
-            id: Arc::from(self.id.as_str()),
-            started: self.started,
-        }
-    }
-
     async fn event(&mut self, kind: EventKind, data: Bytes) {
         if self.failed {
             return;
         }
-        if self.log().event(kind, data).await.is_err() {
+        if self.log.event(kind, data).await.is_err() {
             self.gone();
         }
     }
@@ -175,8 +166,9 @@ impl Recorder {
             return;
         }
         if self
+            .log
             .sink
-            .close(&self.id, unix_now(), exit_code)
+            .close(&self.log.id, unix_now(), exit_code)
             .await
             .is_err()
         {
@@ -184,7 +176,7 @@ impl Recorder {
             return;
         }
         // The client may look at the audit as soon as it has its exit code.
-        if tokio::time::timeout(AUDIT_FLUSH_WAIT, self.sink.flush())
+        if tokio::time::timeout(AUDIT_FLUSH_WAIT, self.log.sink.flush())
             .await
             .is_err()
         {
@@ -411,9 +403,11 @@ impl Session {
             tracing::warn!("audit writer stopped; this session is not recorded");
         }
         self.recorder = Some(Recorder {
-            sink,
-            id: self.sid.as_str().to_owned(),
-            started: Instant::now(),
+            log: EventLog {
+                sink,
+                id: Arc::from(self.sid.as_str()),
+                started: Instant::now(),
+            },
             failed,
         });
     }
@@ -531,7 +525,7 @@ impl Session {
     async fn relay(&mut self, link: &AgentLink, from_agent: mpsc::Receiver<FromAgent>) -> End {
         let log = match self.recorder.as_ref() {
             Some(r) if r.failed => return End::AuditFailed,
-            Some(r) => Some(r.log()),
+            Some(r) => Some(r.log.clone()),
             None => None,
         };
         let audit = self.hub.audit.clone();
