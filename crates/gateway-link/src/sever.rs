@@ -93,6 +93,23 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Severable<T> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
+    // Forwarded, not left to the defaults: without them the stream reports no vectored
+    // writes, and h2 then sends every DATA frame as two `send` calls (its header chunk, then
+    // the payload) instead of one `writev` for everything buffered.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.check(cx)?;
+        self.cut.dirty.store(true, Ordering::SeqCst);
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.check(cx)?;
         let result = Pin::new(&mut self.inner).poll_flush(cx);
@@ -105,5 +122,57 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Severable<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    async fn pair() -> (Severable<TcpStream>, TcpStream, Cut) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let cut = Cut::default();
+        (
+            Severable::new(client.unwrap(), cut.clone()),
+            accepted.unwrap().0,
+            cut,
+        )
+    }
+
+    #[tokio::test]
+    async fn writes_every_slice_of_a_vectored_write_in_one_call() {
+        let (mut stream, mut peer, cut) = pair().await;
+        assert!(stream.is_write_vectored());
+        // An HTTP/2 DATA frame as h2 hands it over: its 9-byte header, then the payload.
+        let head = [7u8; 9];
+        let payload = vec![9u8; 16 * 1024];
+        let bufs = [io::IoSlice::new(&head), io::IoSlice::new(&payload)];
+        let n = stream.write_vectored(&bufs).await.unwrap();
+        assert_eq!(n, head.len() + payload.len(), "one call, both slices");
+        assert!(!cut.is_flushed());
+        stream.flush().await.unwrap();
+        assert!(cut.is_flushed());
+
+        let mut got = vec![0u8; n];
+        peer.read_exact(&mut got).await.unwrap();
+        let (got_head, got_payload) = got.split_at(head.len());
+        assert_eq!(got_head, &head);
+        assert_eq!(got_payload, &payload[..]);
+    }
+
+    #[tokio::test]
+    async fn a_severed_stream_refuses_vectored_writes() {
+        let (mut stream, _peer, cut) = pair().await;
+        cut.sever();
+        let err = stream
+            .write_vectored(&[io::IoSlice::new(b"late")])
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
     }
 }
