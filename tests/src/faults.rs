@@ -175,9 +175,15 @@ pub fn dynoagent_binary() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("DYNOAGENT_BIN") {
         return (!path.is_empty()).then(|| PathBuf::from(path));
     }
+    workspace_binary("dynoagent")
+}
+
+/// The binary `name` of this workspace in the target directory that holds this test executable
+/// (`target/<profile>/deps/..`), if it was built.
+pub fn workspace_binary(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let profile_dir = exe.parent()?.parent()?;
-    let candidate = profile_dir.join(format!("dynoagent{}", std::env::consts::EXE_SUFFIX));
+    let candidate = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     candidate.is_file().then_some(candidate)
 }
 

@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -849,4 +850,147 @@ async fn a_client_that_stops_reading_its_output_still_reaches_the_agent() {
     ctl.abort();
     drop((a, b));
     env.finish().await;
+}
+
+/// Whether a thread of process `pid` is blocked in `write`/`writev` on its stdout, read from
+/// `/proc/PID/task/*/syscall` ("NR ARG0 …" while a thread sleeps in a system call).
+fn blocked_writing_stdout(pid: u32) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    const WRITES: [&str; 2] = ["1", "20"];
+    #[cfg(target_arch = "aarch64")]
+    const WRITES: [&str; 2] = ["64", "66"];
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        std::fs::read_to_string(task.path().join("syscall")).is_ok_and(|line| {
+            let mut fields = line.split_whitespace();
+            let nr = fields.next().unwrap_or_default();
+            WRITES.contains(&nr) && fields.next() == Some("0x1")
+        })
+    })
+}
+
+/// STYLE 16 in the client, as hoop's CLI reads stdin in its own goroutine: `dynoctl connect`
+/// whose terminal has stopped draining its output (a paused or very slow terminal) must still
+/// send what the user types. The real binary runs on a PTY whose output side the test never
+/// reads; the session prints more than that PTY holds, then waits for a line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_sends_keystrokes_while_its_terminal_is_not_drained() {
+    let Some(dynoctl_bin) = dynoagent_tests::faults::workspace_binary("dynoctl") else {
+        panic!(
+            "the dynoctl binary is not built: run `cargo test --workspace` \
+             (or `cargo build -p dynoctl` first)"
+        );
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let typed = dir.path().join("typed");
+    // 256 KiB: several times what a PTY buffers, far less than the path's queues and HTTP/2
+    // windows hold, so the session reaches its `read` while the client's terminal is full.
+    let script = format!(
+        "head -c 262144 /dev/zero | tr '\\0' x; IFS= read -r line; printf %s \"$line\" > {}; exit 7",
+        typed.display()
+    );
+    let tag = Tag::new();
+    let term = connection("flood-then-read", AGENT, &["bash", "-c", &script], &tag);
+    let env = start_with(true, vec![term]).await;
+
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let child = std::process::Command::new(&dynoctl_bin)
+        .args(["connect", "flood-then-read"])
+        .env("DYNOCTL_GATEWAY", format!("http://{}", env.gw.addr()))
+        .env("DYNOCTL_TOKEN", TOKEN)
+        .stdin(std::fs::File::from(pty.slave.try_clone().unwrap()))
+        .stdout(std::fs::File::from(pty.slave.try_clone().unwrap()))
+        .stderr(std::fs::File::from(pty.slave))
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Killed with its group on every exit path, a failed assertion included.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            if let Ok(pid) = i32::try_from(self.0.id()) {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = KillOnDrop(child);
+    let mut master = std::fs::File::from(pty.master);
+
+    // Once a thread of dynoctl sleeps writing to the full terminal, nothing drains it again:
+    // this decides when the test types, not what it checks.
+    let mut exited = None;
+    wait_until(
+        "dynoctl to block writing to its full terminal",
+        WAIT,
+        || {
+            exited = child.0.try_wait().unwrap();
+            exited.is_some() || blocked_writing_stdout(pid)
+        },
+    )
+    .await;
+    if let Some(status) = exited {
+        let mut shown = vec![0u8; 4096];
+        let n = std::io::Read::read(&mut master, &mut shown).unwrap_or(0);
+        panic!(
+            "dynoctl ended early ({status}): {}",
+            String::from_utf8_lossy(&shown[..n])
+        );
+    }
+    std::io::Write::write_all(&mut master, b"typed while blocked\r").unwrap();
+    let arrived = {
+        let typed = typed.clone();
+        tokio::time::timeout(WAIT, async move {
+            loop {
+                if std::fs::read_to_string(&typed).is_ok_and(|s| s == "typed while blocked") {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .is_ok()
+    };
+
+    assert!(
+        arrived,
+        "the line typed while dynoctl's terminal was full never reached the session"
+    );
+
+    // Drained at last, the terminal shows every byte in order, and dynoctl exits with the
+    // session's code once all of it is written.
+    let reader = tokio::task::spawn_blocking(move || {
+        let (mut shown, mut buf) = (Vec::new(), vec![0u8; 64 * 1024]);
+        // EIO once dynoctl, the only holder of the PTY's other side, has exited.
+        while let Ok(n @ 1..) = std::io::Read::read(&mut master, &mut buf) {
+            shown.extend_from_slice(&buf[..n]);
+        }
+        shown
+    });
+    let shown = tokio::time::timeout(WAIT, reader)
+        .await
+        .expect("dynoctl did not finish once its terminal drained")
+        .unwrap();
+    let status = child.0.wait().unwrap();
+    assert_eq!(status.code(), Some(7), "dynoctl's exit status");
+    let longest_run = shown
+        .split(|b| *b != b'x')
+        .map(<[u8]>::len)
+        .max()
+        .unwrap_or(0);
+    assert_eq!(longest_run, 262_144, "the session's output, whole");
+    let echoed = String::from_utf8_lossy(&shown);
+    assert!(echoed.contains("typed while blocked"), "{echoed:?}");
+    drop(child);
+    env.finish().await;
+    tag.assert_no_processes();
 }

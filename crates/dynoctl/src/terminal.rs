@@ -18,7 +18,8 @@ use hoop_wire::pb::Packet;
 use hoop_wire::spec::{KEEPALIVE_PERIOD, key, packet_type as pt};
 use nix::sys::termios::{self, SetArg, Termios};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tonic::Streaming;
 
 use crate::exec::session_spec;
 use crate::stream::{self, ClientStream};
@@ -27,6 +28,10 @@ use crate::{ClientConfig, ClientError};
 /// Keystroke chunks queued from the stdin reader thread. Overflow policy: backpressure (the
 /// reader thread blocks, so the kernel's TTY buffer holds further keystrokes).
 const STDIN_QUEUE: usize = 16;
+
+/// Output chunks queued for the stdout writer thread. Overflow policy: backpressure (the
+/// session's output waits in the gateway stream; keystrokes do not wait for it).
+const STDOUT_QUEUE: usize = 16;
 
 /// The terminal in raw mode; the saved settings are restored when this is dropped.
 #[derive(Debug)]
@@ -170,7 +175,7 @@ async fn relay(
     session_id: Option<String>,
     first: FirstPacket,
 ) -> Result<TerminalOutcome, ClientError> {
-    let mut winch =
+    let winch =
         signal(SignalKind::window_change()).map_err(|e| ClientError::Terminal(e.to_string()))?;
     let mut term =
         signal(SignalKind::terminate()).map_err(|e| ClientError::Terminal(e.to_string()))?;
@@ -195,7 +200,7 @@ async fn relay(
 
     // A plain thread reads stdin: blocking reads on a TTY cannot be cancelled, and a thread
     // (unlike a runtime blocking task) never delays the process's exit.
-    let (keys_tx, mut keys) = mpsc::channel::<Bytes>(STDIN_QUEUE);
+    let (keys_tx, keys) = mpsc::channel::<Bytes>(STDIN_QUEUE);
     std::thread::Builder::new()
         .name("dynoctl-stdin".into())
         .spawn(move || {
@@ -214,56 +219,166 @@ async fn relay(
             }
         })
         .map_err(|e| ClientError::Terminal(format!("cannot start the stdin reader: {e}")))?;
+    let stdout = StdoutWriter::spawn()?;
 
+    // Each direction runs on its own (STYLE 16): a terminal that stops draining its output
+    // holds up the output, never what the user types, and the signals are always seen.
+    let ClientStream { tx, inbound } = stream;
+    let output = copy_output(inbound, stdout, session_id.clone());
+    let input = copy_input(tx, keys, winch, session_id.clone());
+    tokio::select! {
+        outcome = output => outcome,
+        outcome = input => outcome,
+        _ = term.recv() => Ok(interrupted(session_id)),
+        _ = hup.recv() => Ok(interrupted(session_id)),
+    }
+}
+
+/// Gateway to terminal: writes `ClientWriteStdout` until the session closes, and returns its
+/// outcome once everything before the close is on the terminal.
+async fn copy_output(
+    inbound: &mut Streaming<Packet>,
+    mut stdout: StdoutWriter,
+    session_id: Option<String>,
+) -> Result<TerminalOutcome, ClientError> {
+    let ended = loop {
+        let p = match inbound.message().await {
+            Ok(Some(p)) => p,
+            Ok(None) => break Err(ClientError::StreamEnded),
+            Err(status) => break Err(stream::from_status(&status)),
+        };
+        match p.r#type.as_str() {
+            pt::CLIENT_WRITE_STDOUT => {
+                stdout.write(p.payload).await?;
+            }
+            // Dropped, as `hoop connect` drops it (its receive switch has no stderr case,
+            // hoop-gateway-protocol.md §3.4), so tests see what users see.
+            pt::CLIENT_WRITE_STDERR => {
+                tracing::debug!(
+                    bytes = p.payload.len(),
+                    "ClientWriteStderr dropped in a terminal session, as hoop connect does"
+                );
+            }
+            pt::CLIENT_SESSION_CLOSE => {
+                break Ok(TerminalOutcome {
+                    session_id,
+                    exit_code: stream::exit_code(&p).unwrap_or(1),
+                    message: String::from_utf8_lossy(&p.payload).into_owned(),
+                });
+            }
+            _ => {}
+        }
+    };
+    let written = stdout.finish().await;
+    let outcome = ended?;
+    written.map(|()| outcome)
+}
+
+/// What the input direction sends next.
+enum Next {
+    Packet(Packet),
+    TerminalClosed,
+}
+
+/// Terminal to gateway: keystrokes, resizes and keepalives, until the terminal closes.
+async fn copy_input(
+    tx: &mpsc::Sender<Packet>,
+    mut keys: mpsc::Receiver<Bytes>,
+    mut winch: tokio::signal::unix::Signal,
+    session_id: Option<String>,
+) -> Result<TerminalOutcome, ClientError> {
     let mut keepalive = tokio::time::interval_at(
         tokio::time::Instant::now() + KEEPALIVE_PERIOD,
         KEEPALIVE_PERIOD,
     );
     loop {
-        tokio::select! {
-            _ = keepalive.tick() => send(stream, stream::keepalive()).await?,
-            _ = winch.recv() => {
-                if let Some(size) = current_size() {
-                    send(stream, stream::packet(pt::AGENT_TERMINAL_RESIZE_TTY, size)).await?;
-                }
-            }
-            _ = term.recv() => return Ok(interrupted(session_id)),
-            _ = hup.recv() => return Ok(interrupted(session_id)),
-            k = keys.recv() => match k {
-                Some(data) => send(stream, stream::packet(pt::AGENT_TERMINAL_WRITE_STDIN, data)).await?,
-                // The terminal is gone: end the session.
-                None => {
-                    let _ = stream.tx.send(stream::packet(pt::AGENT_SESSION_CLOSE, Bytes::new())).await;
-                    return Ok(TerminalOutcome {
-                        session_id,
-                        exit_code: crate::INTERNAL_EXIT_CODE,
-                        message: "the terminal closed".into(),
-                    });
-                }
+        let next = tokio::select! {
+            _ = keepalive.tick() => Next::Packet(stream::keepalive()),
+            _ = winch.recv() => match current_size() {
+                Some(size) => Next::Packet(stream::packet(pt::AGENT_TERMINAL_RESIZE_TTY, size)),
+                None => continue,
             },
-            m = stream.inbound.message() => {
-                let p = match m {
-                    Ok(Some(p)) => p,
-                    Ok(None) => return Err(ClientError::StreamEnded),
-                    Err(status) => return Err(stream::from_status(&status)),
-                };
-                match p.r#type.as_str() {
-                    pt::CLIENT_WRITE_STDOUT => write_out(&mut std::io::stdout(), &p.payload)?,
-                    // Dropped, as `hoop connect` drops it (its receive switch has no stderr
-                    // case, hoop-gateway-protocol.md §3.4), so tests see what users see.
-                    pt::CLIENT_WRITE_STDERR => {
-                        tracing::debug!(bytes = p.payload.len(), "ClientWriteStderr dropped in a terminal session, as hoop connect does");
-                    }
-                    pt::CLIENT_SESSION_CLOSE => {
-                        return Ok(TerminalOutcome {
-                            session_id,
-                            exit_code: stream::exit_code(&p).unwrap_or(1),
-                            message: String::from_utf8_lossy(&p.payload).into_owned(),
-                        });
-                    }
-                    _ => {}
-                }
+            k = keys.recv() => match k {
+                Some(data) => Next::Packet(stream::packet(pt::AGENT_TERMINAL_WRITE_STDIN, data)),
+                None => Next::TerminalClosed,
+            },
+        };
+        match next {
+            Next::Packet(p) => tx.send(p).await.map_err(|_| ClientError::StreamEnded)?,
+            // The terminal is gone: end the session.
+            Next::TerminalClosed => {
+                let _ = tx
+                    .send(stream::packet(pt::AGENT_SESSION_CLOSE, Bytes::new()))
+                    .await;
+                return Ok(TerminalOutcome {
+                    session_id,
+                    exit_code: crate::INTERNAL_EXIT_CODE,
+                    message: "the terminal closed".into(),
+                });
             }
+        }
+    }
+}
+
+/// The session's output on its way to stdout, written by a plain thread: a write to a terminal
+/// that does not drain blocks, and must block nothing but the output.
+struct StdoutWriter {
+    tx: Option<mpsc::Sender<Bytes>>,
+    done: Option<oneshot::Receiver<std::io::Result<()>>>,
+}
+
+impl StdoutWriter {
+    fn spawn() -> Result<StdoutWriter, ClientError> {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(STDOUT_QUEUE);
+        let (done_tx, done) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("dynoctl-stdout".into())
+            .spawn(move || {
+                let mut out = std::io::stdout();
+                let mut result = Ok(());
+                while let Some(chunk) = rx.blocking_recv() {
+                    if let Err(e) = write_out(&mut out, &chunk) {
+                        result = Err(e);
+                        break;
+                    }
+                }
+                let _ = done_tx.send(result);
+            })
+            .map_err(|e| ClientError::Terminal(format!("cannot start the stdout writer: {e}")))?;
+        Ok(StdoutWriter {
+            tx: Some(tx),
+            done: Some(done),
+        })
+    }
+
+    /// Queues `data`, waiting while the queue is full; fails with the writer's error.
+    async fn write(&mut self, data: Bytes) -> Result<(), ClientError> {
+        let sent = match &self.tx {
+            Some(tx) => tx.send(data).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            Ok(())
+        } else {
+            self.finish()
+                .await
+                .and(Err(ClientError::Output(std::io::Error::other(
+                    "the stdout writer stopped",
+                ))))
+        }
+    }
+
+    /// Waits until everything queued is written (or the write failed).
+    async fn finish(&mut self) -> Result<(), ClientError> {
+        drop(self.tx.take());
+        let Some(done) = self.done.take() else {
+            return Ok(());
+        };
+        match done.await {
+            Ok(result) => result.map_err(ClientError::Output),
+            Err(_) => Err(ClientError::Output(std::io::Error::other(
+                "the stdout writer stopped",
+            ))),
         }
     }
 }
@@ -276,7 +391,7 @@ fn interrupted(session_id: Option<String>) -> TerminalOutcome {
     }
 }
 
-fn write_out(w: &mut impl std::io::Write, data: &[u8]) -> Result<(), ClientError> {
-    w.write_all(data).map_err(ClientError::Output)?;
-    w.flush().map_err(ClientError::Output)
+fn write_out(w: &mut impl std::io::Write, data: &[u8]) -> std::io::Result<()> {
+    w.write_all(data)?;
+    w.flush()
 }
