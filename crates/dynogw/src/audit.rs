@@ -304,8 +304,8 @@ impl AuditStore {
                 source,
             };
             let mut file = open_event_file(&path).map_err(events_err)?;
-            let valid = complete_len(&std::fs::read(&path).map_err(events_err)?);
-            file.set_len(valid as u64).map_err(events_err)?;
+            let valid = complete_len_of(&path).map_err(events_err)?;
+            file.set_len(valid).map_err(events_err)?;
             let header = record_header(EventKind::Error, (now - start).max(0.0), text.len());
             write_all_vectored(&mut file, &mut [IoSlice::new(&header), IoSlice::new(text)])
                 .map_err(events_err)?;
@@ -491,9 +491,25 @@ fn parse_records(raw: &[u8]) -> impl Iterator<Item = EventRecord> {
     })
 }
 
-/// The length of the complete records at the start of `raw`.
-fn complete_len(raw: &[u8]) -> usize {
-    records(raw).map(|(_, _, d)| RECORD_HEADER + d.len()).sum()
+/// The length of the complete records at the start of the event file at `path`, found by
+/// reading their headers only: a session's log can be far larger than memory.
+fn complete_len_of(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt as _;
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    let header_len = RECORD_HEADER as u64;
+    let mut at = 0u64;
+    let mut header = [0u8; RECORD_HEADER];
+    while size.saturating_sub(at) >= header_len {
+        file.read_exact_at(&mut header, at)?;
+        let [.., a, b, c, d] = header;
+        let next = at + header_len + u64::from(u32::from_le_bytes([a, b, c, d]));
+        if next > size {
+            break;
+        }
+        at = next;
+    }
+    Ok(at)
 }
 
 /// Writes every byte of `bufs` (one `writev` per call; `File` caps the count at `IOV_MAX`).
@@ -1025,6 +1041,51 @@ mod tests {
             events[1].data,
             b"gateway restarted before the session ended"
         );
+    }
+
+    /// Recovery reads record headers, not whole logs: here 32 records of 4 GiB each (a sparse
+    /// file of 128 GiB, far more than this machine's memory) and a torn last one.
+    #[test]
+    fn recovery_of_a_log_larger_than_memory_reads_only_its_headers() {
+        use std::os::unix::fs::FileExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.db");
+        let mut writer = Writer::new(AuditStore::create(&path).unwrap());
+        writer.write_batch(&[Op::Open(new_session("big"))]).unwrap();
+        let file_path = writer.store.events_path("big");
+        drop(writer);
+
+        // Not `open_event_file`: Linux appends every `pwrite` to an `O_APPEND` file.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&file_path)
+            .unwrap();
+        let record = RECORD_HEADER as u64 + u64::from(u32::MAX);
+        let whole = 32 * record;
+        for k in 0..32 {
+            let header = record_header(EventKind::Output, 1.0, u32::MAX as usize);
+            file.write_all_at(&header, k * record).unwrap();
+        }
+        let torn = record_header(EventKind::Output, 2.0, 100);
+        file.write_all_at(&torn, whole).unwrap();
+        file.set_len(whole + RECORD_HEADER as u64 + 4).unwrap();
+        drop(file);
+
+        let mut store = AuditStore::create(&path).unwrap();
+        assert_eq!(store.recover_open_sessions().unwrap(), 1);
+        let text = b"gateway restarted before the session ended";
+        let len = std::fs::metadata(&file_path).unwrap().len();
+        assert_eq!(len, whole + (RECORD_HEADER + text.len()) as u64);
+        let mut tail = vec![0u8; text.len()];
+        File::open(&file_path)
+            .unwrap()
+            .read_exact_at(&mut tail, whole + RECORD_HEADER as u64)
+            .unwrap();
+        assert_eq!(tail, text);
+        let s = store.session("big").unwrap().unwrap();
+        assert_eq!((s.status.as_str(), s.exit_code), ("done", Some(254)));
     }
 
     #[test]
