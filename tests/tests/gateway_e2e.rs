@@ -853,21 +853,36 @@ async fn a_client_that_stops_reading_its_output_still_reaches_the_agent() {
 }
 
 /// Whether a thread of process `pid` is blocked in `write`/`writev` on its stdout, read from
-/// `/proc/PID/task/*/syscall` ("NR ARG0 …" while a thread sleeps in a system call).
+/// `/proc/PID/task/*/syscall` ("NR ARG0 …" while a thread sleeps in a system call). Panics,
+/// saying why, where that file cannot tell (another architecture, or no access to it).
 fn blocked_writing_stdout(pid: u32) -> bool {
     #[cfg(target_arch = "x86_64")]
-    const WRITES: [&str; 2] = ["1", "20"];
+    const WRITES: &[&str] = &["1", "20"];
     #[cfg(target_arch = "aarch64")]
-    const WRITES: [&str; 2] = ["64", "66"];
+    const WRITES: &[&str] = &["64", "66"];
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    const WRITES: &[&str] = &[];
+    assert!(
+        !WRITES.is_empty(),
+        "this test knows the numbers of write(2) and writev(2) on x86_64 and aarch64 only"
+    );
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return false;
     };
     tasks.flatten().any(|task| {
-        std::fs::read_to_string(task.path().join("syscall")).is_ok_and(|line| {
-            let mut fields = line.split_whitespace();
-            let nr = fields.next().unwrap_or_default();
-            WRITES.contains(&nr) && fields.next() == Some("0x1")
-        })
+        match std::fs::read_to_string(task.path().join("syscall")) {
+            Ok(line) => {
+                let mut fields = line.split_whitespace();
+                let nr = fields.next().unwrap_or_default();
+                WRITES.contains(&nr) && fields.next() == Some("0x1")
+            }
+            // The thread has just ended.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => panic!(
+                "cannot read {}: {e} (this test needs ptrace access to its own children)",
+                task.path().join("syscall").display()
+            ),
+        }
     })
 }
 
@@ -877,18 +892,28 @@ fn blocked_writing_stdout(pid: u32) -> bool {
 /// reads; the session prints more than that PTY holds, then waits for a line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_sends_keystrokes_while_its_terminal_is_not_drained() {
+    const FLOOD: usize = 3 << 19;
     let Some(dynoctl_bin) = dynoagent_tests::faults::workspace_binary("dynoctl") else {
         panic!(
             "the dynoctl binary is not built: run `cargo test --workspace` \
              (or `cargo build -p dynoctl` first)"
         );
     };
+    assert_ne!(
+        dynoagent_tests::faults::is_stale(&dynoctl_bin),
+        Some(true),
+        "{} is older than its sources: run `cargo build -p dynoctl` first \
+         (`cargo test --workspace` rebuilds it)",
+        dynoctl_bin.display()
+    );
     let dir = tempfile::tempdir().unwrap();
-    let typed = dir.path().join("typed");
-    // 256 KiB: several times what a PTY buffers, far less than the path's queues and HTTP/2
-    // windows hold, so the session reaches its `read` while the client's terminal is full.
+    let (printed, typed) = (dir.path().join("printed"), dir.path().join("typed"));
+    // 1.5 MiB: more than a PTY holds (a few hundred KiB at most), less than the path holds
+    // (dynoctl's HTTP/2 stream window alone is 2 MiB), so the session reaches its `read` while
+    // the client's terminal is full.
     let script = format!(
-        "head -c 262144 /dev/zero | tr '\\0' x; IFS= read -r line; printf %s \"$line\" > {}; exit 7",
+        "head -c {FLOOD} /dev/zero | tr '\\0' x; : > {}; IFS= read -r line; printf %s \"$line\" > {}; exit 7",
+        printed.display(),
         typed.display()
     );
     let tag = Tag::new();
@@ -896,6 +921,15 @@ async fn connect_sends_keystrokes_while_its_terminal_is_not_drained() {
     let env = start_with(true, vec![term]).await;
 
     let pty = nix::pty::openpty(None, None).unwrap();
+    // Not inherited by what other tests start meanwhile: a stray copy of the terminal's other
+    // side would keep the drain below from ever seeing its end.
+    for fd in [&pty.master, &pty.slave] {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .unwrap();
+    }
     let child = std::process::Command::new(&dynoctl_bin)
         .args(["connect", "flood-then-read"])
         .env("DYNOCTL_GATEWAY", format!("http://{}", env.gw.addr()))
@@ -926,15 +960,16 @@ async fn connect_sends_keystrokes_while_its_terminal_is_not_drained() {
     let mut child = KillOnDrop(child);
     let mut master = std::fs::File::from(pty.master);
 
-    // Once a thread of dynoctl sleeps writing to the full terminal, nothing drains it again:
-    // this decides when the test types, not what it checks.
+    // Once the session has printed everything (so the line's echo cannot land inside the
+    // output) and a thread of dynoctl sleeps writing to the full terminal, nothing drains it
+    // again: this decides when the test types, not what it checks.
     let mut exited = None;
     wait_until(
-        "dynoctl to block writing to its full terminal",
+        "the session to print and dynoctl to block writing to its full terminal",
         WAIT,
         || {
             exited = child.0.try_wait().unwrap();
-            exited.is_some() || blocked_writing_stdout(pid)
+            exited.is_some() || (printed.exists() && blocked_writing_stdout(pid))
         },
     )
     .await;
@@ -966,6 +1001,19 @@ async fn connect_sends_keystrokes_while_its_terminal_is_not_drained() {
         "the line typed while dynoctl's terminal was full never reached the session"
     );
 
+    // The session has ended at the gateway (so the gateway has ended the stream), and
+    // dynoctl is still writing its output: a key typed now must not end dynoctl early.
+    let store = env.store();
+    wait_until("the gateway to end the session", WAIT, || {
+        store
+            .list_sessions()
+            .unwrap()
+            .iter()
+            .any(|s| s.connection == "flood-then-read" && s.status == "done")
+    })
+    .await;
+    std::io::Write::write_all(&mut master, b"z").unwrap();
+
     // Drained at last, the terminal shows every byte in order, and dynoctl exits with the
     // session's code once all of it is written.
     let reader = tokio::task::spawn_blocking(move || {
@@ -987,7 +1035,7 @@ async fn connect_sends_keystrokes_while_its_terminal_is_not_drained() {
         .map(<[u8]>::len)
         .max()
         .unwrap_or(0);
-    assert_eq!(longest_run, 262_144, "the session's output, whole");
+    assert_eq!(longest_run, FLOOD, "the session's output, whole");
     let echoed = String::from_utf8_lossy(&shown);
     assert!(echoed.contains("typed while blocked"), "{echoed:?}");
     drop(child);

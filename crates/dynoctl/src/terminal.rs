@@ -280,7 +280,8 @@ enum Next {
     TerminalClosed,
 }
 
-/// Terminal to gateway: keystrokes, resizes and keepalives, until the terminal closes.
+/// Terminal to gateway: keystrokes, resizes and keepalives, until the terminal closes. Never
+/// ends on its own otherwise: the session's outcome comes from [`copy_output`].
 async fn copy_input(
     tx: &mpsc::Sender<Packet>,
     mut keys: mpsc::Receiver<Bytes>,
@@ -304,7 +305,14 @@ async fn copy_input(
             },
         };
         match next {
-            Next::Packet(p) => tx.send(p).await.map_err(|_| ClientError::StreamEnded)?,
+            Next::Packet(p) => {
+                if tx.send(p).await.is_err() {
+                    // The request stream is gone, which happens once the session has closed:
+                    // how it ended is the output direction's to say, after it has written
+                    // everything before the close.
+                    return std::future::pending().await;
+                }
+            }
             // The terminal is gone: end the session.
             Next::TerminalClosed => {
                 let _ = tx

@@ -492,21 +492,25 @@ fn parse_records(raw: &[u8]) -> impl Iterator<Item = EventRecord> {
 }
 
 /// The length of the complete records at the start of the event file at `path`, found by
-/// reading their headers only: a session's log can be far larger than memory.
+/// reading their headers only (through a buffer, so that many small records cost few reads): a
+/// session's log can be far larger than memory.
 fn complete_len_of(path: &Path) -> std::io::Result<u64> {
-    use std::os::unix::fs::FileExt as _;
+    use std::io::Read as _;
     let file = File::open(path)?;
     let size = file.metadata()?.len();
+    let mut reader = std::io::BufReader::with_capacity(64 * 1024, file);
     let header_len = RECORD_HEADER as u64;
     let mut at = 0u64;
     let mut header = [0u8; RECORD_HEADER];
     while size.saturating_sub(at) >= header_len {
-        file.read_exact_at(&mut header, at)?;
+        reader.read_exact(&mut header)?;
         let [.., a, b, c, d] = header;
-        let next = at + header_len + u64::from(u32::from_le_bytes([a, b, c, d]));
+        let len = u32::from_le_bytes([a, b, c, d]);
+        let next = at + header_len + u64::from(len);
         if next > size {
             break;
         }
+        reader.seek_relative(i64::from(len))?;
         at = next;
     }
     Ok(at)
