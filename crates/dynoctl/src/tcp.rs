@@ -157,11 +157,7 @@ pub(crate) async fn relay(
                         });
                     }
                     pt::CLIENT_SESSION_CLOSE => {
-                        return Ok(TerminalOutcome {
-                            session_id,
-                            exit_code: stream::exit_code(&p).unwrap_or(1),
-                            message: String::from_utf8_lossy(&p.payload).into_owned(),
-                        });
+                        return Ok(TerminalOutcome::closed(session_id, &p));
                     }
                     _ => {}
                 }

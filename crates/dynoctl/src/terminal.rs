@@ -73,6 +73,18 @@ pub struct TerminalOutcome {
     pub message: String,
 }
 
+impl TerminalOutcome {
+    /// The outcome a `ClientSessionClose` packet reports: `client.exit_code` (1 when
+    /// unparsable, as hoop's CLI) and the payload as the message.
+    pub(crate) fn closed(session_id: Option<String>, close: &Packet) -> TerminalOutcome {
+        TerminalOutcome {
+            session_id,
+            exit_code: stream::exit_code(close).unwrap_or(1),
+            message: String::from_utf8_lossy(&close.payload).into_owned(),
+        }
+    }
+}
+
 /// The current size of stdin's terminal as hoop's `rows,cols,x,y`.
 fn current_size() -> Option<Bytes> {
     let ws = rustix::termios::tcgetwinsize(std::io::stdin()).ok()?;
@@ -150,11 +162,7 @@ pub async fn connect(
                 break sid;
             }
             pt::CLIENT_SESSION_CLOSE => {
-                return Ok(TerminalOutcome {
-                    session_id: None,
-                    exit_code: stream::exit_code(&p).unwrap_or(1),
-                    message: String::from_utf8_lossy(&p.payload).into_owned(),
-                });
+                return Ok(TerminalOutcome::closed(None, &p));
             }
             pt::CLIENT_SESSION_OPEN_AGENT_OFFLINE => {
                 return Err(ClientError::AgentOffline(connection.to_owned()));
@@ -260,11 +268,7 @@ async fn copy_output(
                 );
             }
             pt::CLIENT_SESSION_CLOSE => {
-                break Ok(TerminalOutcome {
-                    session_id,
-                    exit_code: stream::exit_code(&p).unwrap_or(1),
-                    message: String::from_utf8_lossy(&p.payload).into_owned(),
-                });
+                break Ok(TerminalOutcome::closed(session_id, &p));
             }
             _ => {}
         }
