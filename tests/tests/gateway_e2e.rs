@@ -982,24 +982,12 @@ async fn connect_sends_keystrokes_while_its_terminal_is_not_drained() {
         );
     }
     std::io::Write::write_all(&mut master, b"typed while blocked\r").unwrap();
-    let arrived = {
-        let typed = typed.clone();
-        tokio::time::timeout(WAIT, async move {
-            loop {
-                if std::fs::read_to_string(&typed).is_ok_and(|s| s == "typed while blocked") {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await
-        .is_ok()
-    };
-
-    assert!(
-        arrived,
-        "the line typed while dynoctl's terminal was full never reached the session"
-    );
+    wait_until(
+        "the line typed while dynoctl's terminal was full to reach the session",
+        WAIT,
+        || std::fs::read_to_string(&typed).is_ok_and(|s| s == "typed while blocked"),
+    )
+    .await;
 
     // The session has ended at the gateway (so the gateway has ended the stream), and
     // dynoctl is still writing its output: a key typed now must not end dynoctl early.
