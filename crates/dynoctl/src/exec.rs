@@ -168,7 +168,9 @@ where
     loop {
         let message = tokio::select! {
             _ = keepalive.tick() => {
-                send(&stream, stream::keepalive()).await?;
+                // Not awaited: a full queue is traffic enough, and a gone request stream is
+                // the reply stream's to report (below).
+                let _ = stream.tx.try_send(stream::keepalive());
                 continue;
             }
             m = stream.inbound.message() => m,
@@ -185,7 +187,9 @@ where
                 let mut stdin = stream::packet(pt::AGENT_EXEC_WRITE_STDIN, request.input.clone());
                 stdin.spec = spec.clone();
                 stdin.spec.insert(key::SESSION_ID.to_owned(), sid);
-                send(&stream, stdin).await?;
+                // The gateway may have ended the session (and the request stream) already,
+                // with its close still to be read: that close, not this send, says how it ended.
+                let _ = stream.tx.send(stdin).await;
             }
             pt::CLIENT_WRITE_STDOUT => {
                 write(stdout, &p.payload).await?;
